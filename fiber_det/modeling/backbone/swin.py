@@ -1,0 +1,495 @@
+"""Swin transformer whose last blocks carry image-to-text cross-attention (FIBER's image side).
+
+One implementation for every fusion layout: which blocks are fused is a constructor argument
+(``num_fused_blocks``, counted from the end of the network), and the forward pass is exposed as
+small steps (:meth:`FusionSwinTransformer.embed`, :meth:`FusionSwinTransformer.step`) so that the
+joint image-text loop of :class:`~fiber_det.modeling.backbone.fiber_backbone.FIBERBackbone` can
+interleave them with the text layers, and so that the pre-fusion part can be computed once and
+reused across prompts.
+
+References: Liu et al., "Swin Transformer" (ICCV 2021) for the shifted-window blocks; Dou et al.,
+"FIBER" (NeurIPS 2022, Sec. 3.1) for the gated i2t cross-attention inside the window attention
+(``microsoft/FIBER`` ``fusion_swin_transformer_v2.py`` / ``_v3.py``). Parameter names follow the
+Microsoft Swin release so that ImageNet and FIBER checkpoints map onto them one to one.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as activation_checkpoint
+from torch import Tensor, nn
+
+__all__ = ["FusionSwinTransformer", "SwinState"]
+
+
+def _drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
+    """Stochastic depth per sample (Huang et al. 2016), as timm's DropPath."""
+    if prob == 0.0 or not training:
+        return x
+    keep = 1.0 - prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def _relative_position_index(window: int) -> Tensor:
+    """(window^2, window^2) index into the (2w-1)^2 relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+class WindowAttention(nn.Module):
+    """Window self-attention with relative position bias, plus optional gated i2t attention.
+
+    In a fused block, every image token also attends to the text tokens:
+    ``o <- o + alpha_i2t * proj_i2t(softmax(q(o) k(text)^T / sqrt(d) + text_mask) v(text))``,
+    where ``o`` is the self-attention output and ``alpha_i2t`` a scalar initialised to 0 (FIBER,
+    Eq. 1). v3 checkpoints normalise the query input with ``norm_i2t_i``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        text_dim: Optional[int] = None,
+        fusion_version: str = "v2",
+    ):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads)
+        )
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer(
+            "relative_position_index", _relative_position_index(window_size), persistent=False
+        )
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+        self.fused = text_dim is not None
+        if self.fused:
+            self.qkv_text_i2t = nn.Linear(text_dim, dim * 2, bias=qkv_bias)
+            self.qkv_i2t = nn.Linear(dim, dim, bias=qkv_bias)
+            self.proj_i2t = nn.Linear(dim, dim)
+            self.proj_drop_i2t = nn.Dropout(proj_drop)
+            self.alpha_i2t = nn.Parameter(torch.zeros(1))
+            self.norm_i2t_i = nn.LayerNorm(dim) if fusion_version == "v3" else None
+
+    def relative_bias(self) -> Tensor:
+        """(num_heads, w*w, w*w) relative position bias."""
+        n = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, windows: Tensor, shift_mask: Optional[Tensor]) -> Tensor:
+        """Self-attention inside windows.
+
+        Args:
+            windows (Tensor): (B, nW, N, C) tokens grouped by window, N = window_size^2.
+            shift_mask (Tensor or None): (nW, N, N) additive mask of shifted windows.
+        Returns:
+            Tensor: (B, nW, N, C).
+        """
+        b, nw, n, c = windows.shape
+        qkv = self.qkv(windows).view(b, nw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, nH, N, hd)
+        bias = self.relative_bias().unsqueeze(0)  # (1, nH, N, N)
+        if shift_mask is not None:
+            bias = bias + shift_mask.unsqueeze(1)  # (nW, nH, N, N)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
+        )
+        out = out.transpose(2, 3).reshape(b, nw, n, c)
+        return self.proj_drop(self.proj(out))
+
+    def image_to_text(self, x: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """Gated image-to-text cross-attention, one query per image token.
+
+        The official code applies it to each window with the text replicated per window; the
+        attention of a token to the text does not depend on its window, so it runs on all tokens
+        at once here (same result, no copies of the text).
+
+        Args:
+            x (Tensor): (B, L, C) self-attention output of the image tokens.
+            text (Tensor): (B, T, D) text hidden states.
+            text_mask (Tensor): (B, T) bool, True for real tokens.
+        Returns:
+            Tensor: (B, L, C) ``x + alpha_i2t * i2t(x)``.
+        """
+        b, n_img, c = x.shape
+        hd = c // self.num_heads
+        kv = self.qkv_text_i2t(text).view(b, text.shape[1], 2, self.num_heads, hd)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nH, T, hd)
+        query_in = self.norm_i2t_i(x) if self.norm_i2t_i is not None else x
+        q = self.qkv_i2t(query_in).view(b, n_img, self.num_heads, hd).transpose(1, 2)
+        mask = text_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        y = self.proj_drop_i2t(self.proj_i2t(y.transpose(1, 2).reshape(b, n_img, c)))
+        return x + self.alpha_i2t * y
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window transformer block; a fused block also attends to the text."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        text_dim: Optional[int] = None,
+        fusion_version: str = "v2",
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.drop_path = drop_path
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(
+            dim,
+            window_size,
+            num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            text_dim=text_dim,
+            fusion_version=fusion_version,
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    @property
+    def fused(self) -> bool:
+        return self.attn.fused
+
+    def forward(
+        self,
+        x: Tensor,
+        hw: Tuple[int, int],
+        shift_mask: Tensor,
+        text: Optional[Tensor] = None,
+        text_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            x (Tensor): (B, H*W, C) tokens.
+            hw (tuple): (H, W).
+            shift_mask (Tensor): (nW, N, N) mask for shifted windows of this resolution.
+            text, text_mask: (B, T, D) text states and (B, T) bool mask, for fused blocks.
+        """
+        h, w = hw
+        b, _, c = x.shape
+        ws = self.window_size
+        shortcut = x
+        x = self.norm1(x).view(b, h, w, c)
+        # Zero padding to whole windows happens after norm1 (padded tokens take part in attention).
+        pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        hp, wp = h + pad_b, w + pad_r
+        if self.shift_size > 0:
+            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        windows = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        windows = windows.reshape(b, -1, ws * ws, c)
+        out = self.attn(windows, shift_mask if self.shift_size > 0 else None)
+        out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(b, hp, wp, c)
+        if self.shift_size > 0:
+            out = torch.roll(out, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        out = out[:, :h, :w, :].reshape(b, h * w, c)
+        if self.fused:
+            if text is None:
+                raise ValueError("a fused Swin block needs the text states (text=None given)")
+            out = self.attn.image_to_text(out, text, text_mask)
+        x = shortcut + _drop_path(out, self.drop_path, self.training)
+        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concatenation (Microsoft order x00, x10, x01, x11), LayerNorm, linear."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        h, w = hw
+        b, _, c = x.shape
+        x = x.view(b, h, w, c)
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        x = self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        return x, ((h + 1) // 2, (w + 1) // 2)
+
+
+class SwinStage(nn.Module):
+    """One resolution of Swin: blocks alternating plain and shifted windows, then patch merging."""
+
+    def __init__(self, blocks: List[SwinBlock], downsample: Optional[PatchMerging]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+        self.window_size = blocks[0].window_size
+        self._mask_cache: Dict[Tuple, Tensor] = {}
+
+    def shift_mask(self, hw: Tuple[int, int], device: torch.device) -> Tensor:
+        """(nW, N, N) mask: -100 between tokens from different regions of a shifted window."""
+        key = (hw, str(device))
+        if key not in self._mask_cache:
+            ws, shift = self.window_size, self.window_size // 2
+            hp = -(-hw[0] // ws) * ws
+            wp = -(-hw[1] // ws) * ws
+            region = torch.zeros(hp, wp, device=device)
+            cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+            for i, hs in enumerate(cuts):
+                for j, wsl in enumerate(cuts):
+                    region[hs, wsl] = i * 3 + j
+            win = region.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
+            diff = win[:, None, :] - win[:, :, None]
+            mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+            if len(self._mask_cache) > 32:
+                self._mask_cache.clear()
+            self._mask_cache[key] = mask
+        return self._mask_cache[key]
+
+
+@dataclass
+class SwinState:
+    """Where a forward pass through :class:`FusionSwinTransformer` stands.
+
+    Attributes:
+        tokens (Tensor): (B, H*W, C) input of the next block.
+        hw (tuple): (H, W) of ``tokens``.
+        stage (int), block (int): the next block to run (``stage == num_stages`` when done).
+        outputs (dict): stage index -> (B, C, H, W) normalised output of each finished stage that
+            is an output stage.
+    """
+
+    tokens: Tensor
+    hw: Tuple[int, int]
+    stage: int = 0
+    block: int = 0
+    outputs: Dict[int, Tensor] = field(default_factory=dict)
+
+    def expand(self, batch: int) -> "SwinState":
+        """The same state for ``batch`` copies of a single image (views, no copy)."""
+        if self.tokens.shape[0] != 1:
+            raise ValueError(f"expand() needs a state of one image, got {self.tokens.shape[0]}")
+        return replace(
+            self,
+            tokens=self.tokens.expand(batch, -1, -1),
+            outputs={k: v.expand(batch, -1, -1, -1) for k, v in self.outputs.items()},
+        )
+
+
+class FusionSwinTransformer(nn.Module):
+    """Swin transformer with gated image-to-text cross-attention in its last blocks (FIBER).
+
+    Args:
+        patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias: Swin layout
+            (FIBER-B: 4, 128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 4.0, True).
+        drop_path_rate (float): stochastic depth, linear over all blocks.
+        num_fused_blocks (int): how many of the last blocks attend to the text (FIBER: 6).
+        text_dim (int): width of the text states (768 for RoBERTa-base).
+        fusion_version (str): "v2" or "v3" (v3 adds a LayerNorm on the i2t query).
+        out_indices (sequence of int): stages whose normalised outputs are returned.
+        ape (bool), pretrain_img_size (int): absolute position embedding (off in FIBER).
+        frozen_stages (int): official FREEZE_CONV_BODY_AT semantics (see config).
+        use_checkpoint (bool): activation checkpointing of blocks in training.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 4,
+        embed_dim: int = 128,
+        depths: Sequence[int] = (2, 2, 18, 2),
+        num_heads: Sequence[int] = (4, 8, 16, 32),
+        window_size: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        num_fused_blocks: int = 6,
+        text_dim: int = 768,
+        fusion_version: str = "v2",
+        out_indices: Sequence[int] = (1, 2, 3),
+        ape: bool = False,
+        pretrain_img_size: int = 384,
+        frozen_stages: int = -1,
+        use_checkpoint: bool = False,
+    ):
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"SWIN.DEPTHS {list(depths)} and NUM_HEADS {list(num_heads)} differ in length")
+        total = sum(depths)
+        if not 0 <= num_fused_blocks <= total:
+            raise ValueError(f"NUM_FUSION_LAYERS={num_fused_blocks} must be in [0, {total}] (Swin blocks)")
+        if fusion_version not in ("v2", "v3"):
+            raise ValueError(f"FUSION_VERSION must be 'v2' or 'v3', got {fusion_version!r}")
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depths = tuple(depths)
+        self.num_features = [embed_dim * 2**i for i in range(len(depths))]
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.use_checkpoint = use_checkpoint
+        self.num_fused_blocks = num_fused_blocks
+
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        self.ape = ape
+        if ape:
+            res = pretrain_img_size // patch_size
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, res, res))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+
+        dpr = torch.linspace(0, drop_path_rate, total).tolist()
+        first_fused = total - num_fused_blocks
+        self.layers = nn.ModuleList()
+        g = 0
+        for s, (depth, heads) in enumerate(zip(depths, num_heads)):
+            dim = self.num_features[s]
+            blocks = []
+            for i in range(depth):
+                blocks.append(
+                    SwinBlock(
+                        dim,
+                        heads,
+                        window_size,
+                        0 if i % 2 == 0 else window_size // 2,
+                        mlp_ratio=mlp_ratio,
+                        qkv_bias=qkv_bias,
+                        drop_path=dpr[g],
+                        text_dim=text_dim if g >= first_fused else None,
+                        fusion_version=fusion_version,
+                    )
+                )
+                g += 1
+            down = PatchMerging(dim) if s < len(depths) - 1 else None
+            self.layers.append(SwinStage(blocks, down))
+        for i in self.out_indices:
+            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self.apply(_init_weights)
+        self._freeze()
+
+    # -- structure ---------------------------------------------------------------------------
+    def block_order(self) -> List[Tuple[int, int]]:
+        """(stage, block) of every block in execution order."""
+        return [(s, b) for s, d in enumerate(self.depths) for b in range(d)]
+
+    def fused_block_dims(self) -> List[int]:
+        """Channel width of each fused block, in execution order."""
+        order = self.block_order()[len(self.block_order()) - self.num_fused_blocks :]
+        return [self.num_features[s] for s, _ in order]
+
+    # -- forward steps -----------------------------------------------------------------------
+    def embed(self, images: Tensor) -> SwinState:
+        """Patch embedding: (B, 3, H, W) images -> state before the first block."""
+        x = self.patch_embed.proj(images)
+        h, w = x.shape[-2:]
+        x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
+        if self.ape:
+            pos = F.interpolate(self.absolute_pos_embed, size=(h, w), mode="bicubic")
+            x = x + pos.flatten(2).transpose(1, 2)
+        return SwinState(tokens=x, hw=(h, w))
+
+    def step(
+        self, state: SwinState, text: Optional[Tensor] = None, text_mask: Optional[Tensor] = None
+    ) -> SwinState:
+        """Run the next block; finish the stage (output norm, patch merging) if it was the last."""
+        stage = self.layers[state.stage]
+        blk = stage.blocks[state.block]
+        mask = stage.shift_mask(state.hw, state.tokens.device)
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            x = activation_checkpoint.checkpoint(
+                blk, state.tokens, state.hw, mask, text, text_mask, use_reentrant=False
+            )
+        else:
+            x = blk(state.tokens, state.hw, mask, text, text_mask)
+        if state.block + 1 < len(stage.blocks):
+            return replace(state, tokens=x, block=state.block + 1)
+        outputs = dict(state.outputs)
+        if state.stage in self.out_indices:
+            h, w = state.hw
+            y = getattr(self, f"norm{state.stage}")(x)
+            outputs[state.stage] = y.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+        hw = state.hw
+        if stage.downsample is not None:
+            x, hw = stage.downsample(x, hw)
+        return SwinState(tokens=x, hw=hw, stage=state.stage + 1, block=0, outputs=outputs)
+
+    def run(self, state: SwinState, num_blocks: int) -> SwinState:
+        """Run ``num_blocks`` blocks without text (pre-fusion part)."""
+        for _ in range(num_blocks):
+            state = self.step(state)
+        return state
+
+    def forward(self, images: Tensor) -> Dict[int, Tensor]:
+        """Image-only forward; only valid without fused blocks (use FIBERBackbone otherwise)."""
+        if self.num_fused_blocks:
+            raise RuntimeError("this Swin has fused blocks: run it through FIBERBackbone")
+        return self.run(self.embed(images), sum(self.depths)).outputs
+
+    # -- freezing ------------------------------------------------------------------------------
+    def _freeze(self) -> None:
+        frozen: List[nn.Module] = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.patch_embed)
+        if self.frozen_stages >= 1 and self.ape:
+            self.absolute_pos_embed.requires_grad_(False)
+        if self.frozen_stages >= 2:
+            frozen.extend(self.layers[i] for i in range(self.frozen_stages - 1))
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FusionSwinTransformer":
+        super().train(mode)
+        self._freeze()
+        return self
+
+
+def _init_weights(m: nn.Module) -> None:
+    """Swin initialisation: truncated normal (0.02) linear weights, zero biases, unit norms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
