@@ -1,0 +1,264 @@
+"""FIBERDetector: the fine-grained FIBER model as a detectron2 meta-architecture.
+
+Input contract (one dict per image, detectron2 style):
+
+* ``image``: (3, H, W) tensor in ``cfg.INPUT.FORMAT`` (BGR 0..255 for FIBER), already resized;
+* ``height``, ``width`` (optional): size to rescale the output boxes to;
+* ``input_ids``, ``attention_mask``: (L,) tokenized prompt;
+* ``positive_map``: (num_labels, L) label -> tokens (a category of a detection prompt, or a phrase
+  of a caption); required at inference;
+* in training, ``instances`` with ``gt_boxes`` and ``positive_map`` (num_gt, L).
+
+Output at inference: ``[{"instances": Instances}]`` with ``pred_boxes``, ``scores`` and
+``pred_classes`` (0-based row of that image's ``positive_map``), sorted by score.
+
+Images in a batch may have different prompts and sizes. Batching images of different sizes
+changes the numbers: padding enters window attention, the text-to-image attention (the official
+model does not mask padded image tokens), convolutions and global pools. Batched results equal
+one-by-one results when the images share a padded size; evaluators that must reproduce official
+numbers run one image per forward or group images by padded size.
+
+Paper: Dou et al., "Coarse-to-Fine Vision-Language Pre-training with Fusion in the Backbone"
+(NeurIPS 2022). Official code: ``microsoft/FIBER`` ``GeneralizedVLRCNN`` + ``VLDyHeadModule``.
+"""
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import Tensor, nn
+
+from ..backbone.fiber_backbone import FIBERBackbone, TextFeatures
+from ..head.boxes import BoxCoder, make_anchors
+from ..head.grounding_head import FIBERGroundingHead, HeadOutputs
+from ..head.inference import Detections, PostProcessor
+from ..head.losses import FIBERLoss
+
+__all__ = ["FIBERDetector"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class FIBERDetector(nn.Module):
+    """FIBER fine-grained detector: fused backbone, DyHead grounding head, ATSS losses.
+
+    Args:
+        backbone (FIBERBackbone): fused image-text backbone with FPN.
+        head (FIBERGroundingHead): tower and predictions.
+        loss (FIBERLoss): training losses.
+        postprocessor (PostProcessor): inference.
+        anchor_sizes, anchor_strides (sequence): one anchor per location and level.
+        pixel_mean, pixel_std (sequence of 3 floats): normalisation in ``input_format``.
+        input_format (str): channel order of ``image`` ("BGR" for official weights).
+        pad_token_id (int): id used to pad prompts of different lengths in a batch.
+        plus_one (bool): legacy "+1" box conventions (anchors).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: FIBERBackbone,
+        head: FIBERGroundingHead,
+        loss: FIBERLoss,
+        postprocessor: PostProcessor,
+        anchor_sizes: Sequence[float],
+        anchor_strides: Sequence[int],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: str = "BGR",
+        pad_token_id: int = 1,
+        plus_one: bool = True,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.loss = loss
+        self.postprocessor = postprocessor
+        self.anchor_sizes = tuple(anchor_sizes)
+        self.anchor_strides = tuple(anchor_strides)
+        self.input_format = input_format
+        self.pad_token_id = pad_token_id
+        self.plus_one = plus_one
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        strides = [s.stride for s in backbone.output_shape().values()]
+        if list(strides) != list(self.anchor_strides):
+            raise ValueError(f"MODEL.ATSS.ANCHOR_STRIDES {list(anchor_strides)} != feature strides {strides}")
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        plus_one = cfg.MODEL.FIBER.LEGACY_PLUS_ONE
+        backbone = build_backbone(cfg)
+        dy, atss = cfg.MODEL.DYHEAD, cfg.MODEL.ATSS
+        head = FIBERGroundingHead(
+            channels=dy.CHANNELS,
+            text_dim=cfg.MODEL.LANGUAGE.HIDDEN_SIZE,
+            num_levels=len(backbone.output_shape()),
+            num_convs=dy.NUM_CONVS,
+            gn_groups=dy.GN_GROUPS,
+            use_dyrelu=dy.USE_DYRELU,
+            use_dyfuse=dy.USE_DYFUSE,
+            use_deform=dy.USE_DFCONV,
+            emulate_offset_quirk=dy.EMULATE_DCN_OFFSET_QUIRK,
+            prior_prob=dy.PRIOR_PROB,
+            log_scale=dy.LOG_SCALE,
+            use_checkpoint=dy.USE_CHECKPOINT,
+        )
+        if dy.CHANNELS != cfg.MODEL.FPN.OUT_CHANNELS:
+            raise ValueError(
+                f"MODEL.DYHEAD.CHANNELS ({dy.CHANNELS}) must equal MODEL.FPN.OUT_CHANNELS "
+                f"({cfg.MODEL.FPN.OUT_CHANNELS})"
+            )
+        coder = BoxCoder(atss.BBOX_REG_WEIGHTS, plus_one=plus_one)
+        return {
+            "backbone": backbone,
+            "head": head,
+            "loss": FIBERLoss(
+                coder,
+                topk=atss.TOPK,
+                focal_alpha=atss.FOCAL_ALPHA,
+                focal_gamma=atss.FOCAL_GAMMA,
+                reg_weight=atss.REG_LOSS_WEIGHT,
+                centerness_weight=atss.CENTERNESS_LOSS_WEIGHT,
+                token_weight=atss.TOKEN_LOSS_WEIGHT,
+                plus_one=plus_one,
+            ),
+            "postprocessor": PostProcessor(
+                coder,
+                score_threshold=atss.INFERENCE_TH,
+                pre_nms_top_n=atss.PRE_NMS_TOP_N,
+                nms_threshold=atss.NMS_TH,
+                detections_per_image=atss.DETECTIONS_PER_IMG,
+                plus_one=plus_one,
+            ),
+            "anchor_sizes": atss.ANCHOR_SIZES,
+            "anchor_strides": atss.ANCHOR_STRIDES,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "pad_token_id": cfg.MODEL.LANGUAGE.PAD_TOKEN_ID,
+            "plus_one": plus_one,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # -- inputs --------------------------------------------------------------------------------
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise, then zero-pad to the backbone's size divisibility (official order)."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            if "image" not in x:
+                raise KeyError(f"input {i} has no 'image' (keys: {sorted(x)})")
+            img = x["image"]
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"input {i}: 'image' must be (3, H, W), got {tuple(img.shape)}")
+            images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.backbone.size_divisibility, pad_value=0.0)
+
+    def preprocess_text(self, batched_inputs: List[Dict]) -> Tuple[Tensor, Tensor]:
+        """Stack prompts, padding to the longest with ``pad_token_id`` / mask 0."""
+        for i, x in enumerate(batched_inputs):
+            for key in ("input_ids", "attention_mask"):
+                if key not in x:
+                    raise KeyError(
+                        f"input {i} has no '{key}': tokenize the prompt in the data mapper "
+                        "(fiber_det.text.tokenize_prompts)"
+                    )
+        length = max(int(x["input_ids"].shape[-1]) for x in batched_inputs)
+        ids = torch.full((len(batched_inputs), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batched_inputs), length), dtype=torch.long)
+        for i, x in enumerate(batched_inputs):
+            n = x["input_ids"].shape[-1]
+            ids[i, :n] = x["input_ids"].reshape(-1)
+            mask[i, :n] = x["attention_mask"].reshape(-1)
+        return ids.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _pad_map(pmap: Tensor, length: int) -> Tensor:
+        if pmap.shape[-1] > length:
+            raise ValueError(f"positive_map has {pmap.shape[-1]} token columns, prompt has {length}")
+        return torch.nn.functional.pad(pmap.float(), (0, length - pmap.shape[-1]))
+
+    def anchors(self, features: Dict[str, Tensor]) -> List[Tensor]:
+        grids = [tuple(f.shape[-2:]) for f in features.values()]
+        return make_anchors(grids, self.anchor_strides, self.anchor_sizes, self.plus_one, self.device)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        input_ids, attention_mask = self.preprocess_text(batched_inputs)
+        features, text = self.backbone(images.tensor, input_ids, attention_mask, images.image_sizes)
+        outputs = self.head(list(features.values()), text)
+        anchors = self.anchors(features)
+        if self.training:
+            return self.losses(batched_inputs, outputs, anchors, text)
+        return self.inference(batched_inputs, outputs, anchors, images.image_sizes)
+
+    def losses(
+        self, batched_inputs: List[Dict], outputs: HeadOutputs, anchors: List[Tensor], text: TextFeatures
+    ) -> Dict[str, Tensor]:
+        length = text.mask.shape[1]
+        boxes, maps = [], []
+        for i, x in enumerate(batched_inputs):
+            if "instances" not in x:
+                raise KeyError(f"training input {i} has no 'instances'")
+            inst = x["instances"].to(self.device)
+            if not inst.has("positive_map") and len(inst):
+                raise KeyError(f"training input {i}: instances need a 'positive_map' (num_gt, L)")
+            boxes.append(inst.gt_boxes.tensor)
+            maps.append(
+                self._pad_map(inst.positive_map, length)
+                if len(inst)
+                else torch.zeros(0, length, device=self.device)
+            )
+        return self.loss(
+            outputs.box_regression, outputs.centerness, outputs.logits, anchors, boxes, maps, text.mask
+        )
+
+    def inference(
+        self,
+        batched_inputs: List[Dict],
+        outputs: HeadOutputs,
+        anchors: List[Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> List[Dict[str, Instances]]:
+        results = []
+        length = outputs.logits[0].shape[-1]
+        for i, x in enumerate(batched_inputs):
+            if "positive_map" not in x:
+                raise KeyError(f"input {i} has no 'positive_map' (num_labels, L): nothing to score")
+            pmap = self._pad_map(x["positive_map"].to(self.device), length)
+            dets = self.postprocessor(
+                [r[i] for r in outputs.box_regression],
+                [c[i] for c in outputs.centerness],
+                [lg[i] for lg in outputs.logits],
+                anchors,
+                pmap,
+                image_sizes[i],
+            )
+            height = x.get("height", image_sizes[i][0])
+            width = x.get("width", image_sizes[i][1])
+            results.append({"instances": self.to_instances(dets, image_sizes[i], (height, width))})
+        return results
+
+    @staticmethod
+    def to_instances(
+        dets: Detections, input_size: Tuple[int, int], output_size: Tuple[int, int]
+    ) -> Instances:
+        """Detections in input pixels -> Instances at ``output_size`` (boxes scaled, not clipped:
+        the official evaluation rescales without clipping)."""
+        h, w = int(output_size[0]), int(output_size[1])
+        sy, sx = h / input_size[0], w / input_size[1]
+        boxes = dets.boxes * dets.boxes.new_tensor([sx, sy, sx, sy])
+        inst = Instances((h, w))
+        inst.pred_boxes = Boxes(boxes)
+        inst.scores = dets.scores
+        inst.pred_classes = dets.labels
+        return inst
