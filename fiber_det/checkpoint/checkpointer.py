@@ -23,6 +23,7 @@ class FIBERCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         loaded = super()._load_file(filename)
+        self.last_conversion_report = None
         state = loaded.get("model", {})
         if isinstance(state, dict) and is_official_state_dict(state):
             model = self.model
@@ -31,12 +32,17 @@ class FIBERCheckpointer(DetectionCheckpointer):
             converted, report = convert_official_state_dict(
                 state, expected_variant=version, model_shapes=shapes
             )
+            self.last_conversion_report = report
             logger.info("Converting official FIBER checkpoint %s\n%s", filename, report.format())
-            return {"model": converted, "__author__": "FIBER (official)", "matching_heuristics": False}
+            return {
+                "model": converted,
+                "__author__": "FIBER (official)",
+                "matching_heuristics": False,
+            }
         return loaded
 
 
 def _fusion_version(model) -> str:
-    """"v3" if the model's fused Swin blocks have the i2t query LayerNorm, else "v2"."""
+    """ "v3" if the model's fused Swin blocks have the i2t query LayerNorm, else "v2"."""
     names = (n for n, _ in model.named_parameters())
     return "v3" if any(".attn.norm_i2t_i." in n for n in names) else "v2"

@@ -13,9 +13,8 @@ Key layout of the official model: ``microsoft/FIBER`` ``fine_grained`` (see also
 import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Tuple
 
-import torch
 from torch import Tensor
 
 __all__ = [
@@ -40,16 +39,34 @@ _HEAD = "rpn.head."
 # (pattern, replacement) applied to the key without its ``module.`` prefix; first match wins.
 _RENAMES: List[Tuple[str, str]] = [
     (r"^fusion_backbone\.backbone\.body\.(.+)$", r"backbone.body.\1"),
-    (r"^fusion_backbone\.backbone\.fpn\.fpn_inner(\d)\.(.+)$", "backbone.fpn.lateral_convs.{0}.{1}"),
+    (
+        r"^fusion_backbone\.backbone\.fpn\.fpn_inner(\d)\.(.+)$",
+        "backbone.fpn.lateral_convs.{0}.{1}",
+    ),
     (r"^fusion_backbone\.backbone\.fpn\.fpn_layer(\d)\.(.+)$", "backbone.fpn.output_convs.{0}.{1}"),
     (r"^fusion_backbone\.backbone\.fpn\.top_blocks\.(p6|p7)\.(.+)$", r"backbone.fpn.\1.\2"),
     (r"^fusion_backbone\.language_backbone\.body\.model\.(.+)$", r"backbone.language.\1"),
     (r"^fusion_backbone\.tunable_linear\.weight$", "backbone.tunable_linear.weight"),
-    (r"^rpn\.head\.dyhead_tower\.(\d+)\.DyConv\.(\d)\.conv\.(weight|bias)$", r"head.tower.\1.convs.\2.\3"),
-    (r"^rpn\.head\.dyhead_tower\.(\d+)\.DyConv\.(\d)\.bn\.(weight|bias)$", r"head.tower.\1.convs.\2.norm.\3"),
-    (r"^rpn\.head\.dyhead_tower\.(\d+)\.AttnConv\.1\.(weight|bias)$", r"head.tower.\1.scale_attn.\2"),
-    (r"^rpn\.head\.dyhead_tower\.(\d+)\.relu\.fc\.0\.(weight|bias)$", r"head.tower.\1.dyrelu.fc1.\2"),
-    (r"^rpn\.head\.dyhead_tower\.(\d+)\.relu\.fc\.2\.(weight|bias)$", r"head.tower.\1.dyrelu.fc2.\2"),
+    (
+        r"^rpn\.head\.dyhead_tower\.(\d+)\.DyConv\.(\d)\.conv\.(weight|bias)$",
+        r"head.tower.\1.convs.\2.\3",
+    ),
+    (
+        r"^rpn\.head\.dyhead_tower\.(\d+)\.DyConv\.(\d)\.bn\.(weight|bias)$",
+        r"head.tower.\1.convs.\2.norm.\3",
+    ),
+    (
+        r"^rpn\.head\.dyhead_tower\.(\d+)\.AttnConv\.1\.(weight|bias)$",
+        r"head.tower.\1.scale_attn.\2",
+    ),
+    (
+        r"^rpn\.head\.dyhead_tower\.(\d+)\.relu\.fc\.0\.(weight|bias)$",
+        r"head.tower.\1.dyrelu.fc1.\2",
+    ),
+    (
+        r"^rpn\.head\.dyhead_tower\.(\d+)\.relu\.fc\.2\.(weight|bias)$",
+        r"head.tower.\1.dyrelu.fc2.\2",
+    ),
     (r"^rpn\.head\.dyhead_tower\.(\d+)\.offset\.(weight|bias)$", r"head.tower.\1.offset.\2"),
     (r"^rpn\.head\.(bbox_pred|centerness)\.(weight|bias)$", r"head.\1.\2"),
     (r"^rpn\.head\.scales\.(\d+)\.scale$", r"head.scales.\1.scale"),
@@ -95,8 +112,10 @@ class ConversionReport:
     had_module_prefix: bool = False
 
     def format(self) -> str:
-        lines = [f"official FIBER checkpoint, fusion {self.variant}"
-                 + (" (DDP 'module.' prefix stripped)" if self.had_module_prefix else "")]
+        lines = [
+            f"official FIBER checkpoint, fusion {self.variant}"
+            + (" (DDP 'module.' prefix stripped)" if self.had_module_prefix else "")
+        ]
         lines.append(f"converted {sum(self.converted.values())} tensors:")
         for comp, n in sorted(self.converted.items()):
             lines.append(f"  {comp:<22s} {n}")
@@ -104,9 +123,12 @@ class ConversionReport:
         for reason, keys in self.dropped.items():
             lines.append(f"  {len(keys):4d}  {reason}")
         if self.missing:
-            lines.append(f"missing in the checkpoint (keep their initial values):")
+            lines.append("missing in the checkpoint (keep their initial values):")
             for comp, keys in sorted(self.missing.items()):
-                lines.append(f"  {comp:<22s} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+                lines.append(
+                    f"  {comp:<22s} {len(keys)}: {', '.join(keys[:4])}"
+                    + (" ..." if len(keys) > 4 else "")
+                )
         else:
             lines.append("missing: none")
         lines.append("unexpected: none")
@@ -118,14 +140,18 @@ def unwrap_state_dict(obj) -> Tuple[Dict[str, Tensor], bool]:
     ``{"state_dict": sd}``; strips DDP's ``module.`` prefix when every key has it."""
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
-    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    elif (
+        isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping)
+    ):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError("checkpoint holds no state_dict (expected tensors, or {'model': ...})")
+        raise CheckpointError(
+            "checkpoint holds no state_dict (expected tensors, or {'model': ...})"
+        )
     keys = list(obj)
     prefixed = [k.startswith("module.") for k in keys]
     if all(prefixed):
-        return OrderedDict((k[len("module."):], v) for k, v in obj.items()), True
+        return OrderedDict((k[len("module.") :], v) for k, v in obj.items()), True
     if any(prefixed):
         raise CheckpointError(
             f"{sum(prefixed)} of {len(keys)} keys start with 'module.' and the rest do not: "
@@ -140,11 +166,11 @@ def is_official_state_dict(keys: Iterable[str]) -> bool:
 
 
 def detect_fusion_version(keys: Iterable[str]) -> str:
-    """"v3" when the i2t query LayerNorm (``attn.norm_i2t_i``) is present, else "v2"."""
+    """ "v3" when the i2t query LayerNorm (``attn.norm_i2t_i``) is present, else "v2"."""
     return "v3" if any(".attn.norm_i2t_i." in k for k in keys) else "v2"
 
 
-def _rename(key: str) -> Optional[str]:
+def _rename(key: str) -> str | None:
     for pattern, repl in _RENAMES:
         m = re.match(pattern, key)
         if m is None:
@@ -155,7 +181,7 @@ def _rename(key: str) -> Optional[str]:
     return None
 
 
-def _drop_reason(key: str) -> Optional[str]:
+def _drop_reason(key: str) -> str | None:
     for pattern, reason in _DROPS:
         if re.search(pattern, key):
             return reason
@@ -164,8 +190,8 @@ def _drop_reason(key: str) -> Optional[str]:
 
 def convert_official_state_dict(
     obj,
-    expected_variant: Optional[str] = None,
-    model_shapes: Optional[Mapping[str, Tuple[int, ...]]] = None,
+    expected_variant: str | None = None,
+    model_shapes: Mapping[str, Tuple[int, ...]] | None = None,
 ) -> Tuple["OrderedDict[str, Tensor]", ConversionReport]:
     """Convert an official FIBER checkpoint to fiber_det parameter names.
 
@@ -189,14 +215,18 @@ def convert_official_state_dict(
         )
     variant = detect_fusion_version(sd)
     if expected_variant is not None and variant != expected_variant:
-        hint = "official_parity_v3.yaml / refcoco configs" if variant == "v3" else "official_parity_v2.yaml / coco, lvis configs"
+        hint = (
+            "official_parity_v3.yaml / refcoco configs"
+            if variant == "v3"
+            else "official_parity_v2.yaml / coco, lvis configs"
+        )
         raise CheckpointError(
             f"checkpoint is fusion {variant} ({'has' if variant == 'v3' else 'lacks'} "
             f"'attn.norm_i2t_i') but the model is built with MODEL.FIBER.FUSION_VERSION "
             f"{expected_variant}: set MODEL.FIBER.FUSION_VERSION {variant} (configs/fiber_b/{hint})"
         )
     report = ConversionReport(variant=variant, had_module_prefix=had_prefix)
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    out: OrderedDict[str, Tensor] = OrderedDict()
     unknown = []
     for key, value in sd.items():
         reason = _drop_reason(key)

@@ -6,4 +6,10 @@ from .backbone import FIBERBackbone, TextFeatures, build_fiber_backbone
 from .head import FIBERGroundingHead
 from .meta_arch import FIBERDetector
 
-__all__ = ["FIBERBackbone", "FIBERDetector", "FIBERGroundingHead", "TextFeatures", "build_fiber_backbone"]
+__all__ = [
+    "FIBERBackbone",
+    "FIBERDetector",
+    "FIBERGroundingHead",
+    "TextFeatures",
+    "build_fiber_backbone",
+]

@@ -15,8 +15,8 @@ Sec. 3.1 and Fig. 2; official joint loop in ``microsoft/FIBER``
 """
 
 import logging
-from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -133,7 +133,9 @@ class FIBERBackbone(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]
+            )
             for n in self._out_features
         }
 
@@ -189,7 +191,7 @@ class FIBERBackbone(Backbone):
         self,
         image: SwinState,
         text: TextState,
-        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        image_sizes: Sequence[Tuple[int, int]] | None = None,
     ) -> Tuple[Dict[str, Tensor], TextFeatures]:
         """Fused tail and FPN.
 
@@ -203,6 +205,17 @@ class FIBERBackbone(Backbone):
             features (dict[str, Tensor]): "p3".."p7", each (B, C, H_l, W_l).
             text (TextFeatures): fused text features (B, T, D).
         """
+        image, fused = self.fused_tail(image, text, image_sizes)
+        feats = self.fpn([image.outputs[s] for s in self.in_stages])
+        return dict(zip(self._out_features, feats)), fused
+
+    def fused_tail(
+        self,
+        image: SwinState,
+        text: TextState,
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> Tuple[SwinState, TextFeatures]:
+        """The fused blocks and layers only (no FPN); see :meth:`fuse` for the arguments."""
         b_img, b_txt = image.tokens.shape[0], text.hidden.shape[0]
         if b_img != b_txt:
             if b_img == 1:
@@ -216,21 +229,22 @@ class FIBERBackbone(Backbone):
         first_layer = self.language.num_prefusion_layers
         for k in range(self.num_fused):
             image_in = image.tokens
-            img_mask = self._image_token_mask(image, image_sizes) if self.mask_image_padding else None
+            img_mask = (
+                self._image_token_mask(image, image_sizes) if self.mask_image_padding else None
+            )
             # Parallel update: both sides read the other's state from before this pair.
             image = self.body.step(image, hidden, mask)
             hidden = self.language.layer_forward(
                 first_layer + k, hidden, attn_mask, image_in, img_mask
             )
-        feats = self.fpn([image.outputs[s] for s in self.in_stages])
-        return dict(zip(self._out_features, feats)), TextFeatures(hidden=hidden, mask=mask)
+        return image, TextFeatures(hidden=hidden, mask=mask)
 
     def forward(
         self,
         images: Tensor,
         input_ids: Tensor,
         attention_mask: Tensor,
-        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        image_sizes: Sequence[Tuple[int, int]] | None = None,
     ) -> Tuple[Dict[str, Tensor], TextFeatures]:
         """Full forward: images (B, 3, H, W) and prompts (B, T) -> (features, text features)."""
         return self.fuse(
@@ -239,8 +253,8 @@ class FIBERBackbone(Backbone):
 
     # -- helpers -------------------------------------------------------------------------------
     def _image_token_mask(
-        self, state: SwinState, image_sizes: Optional[Sequence[Tuple[int, int]]]
-    ) -> Optional[Tensor]:
+        self, state: SwinState, image_sizes: Sequence[Tuple[int, int]] | None
+    ) -> Tensor | None:
         """(B, 1, 1, H*W) bool mask of image tokens covering real (unpadded) pixels."""
         if image_sizes is None:
             return None
@@ -277,17 +291,21 @@ def roberta_config_from_cfg(cfg) -> RobertaConfig:
 
 
 @BACKBONE_REGISTRY.register()
-def build_fiber_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> FIBERBackbone:
+def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBackbone:
     """Build :class:`FIBERBackbone` from ``cfg.MODEL.{SWIN,LANGUAGE,FIBER,FPN}``."""
     if input_shape is not None and input_shape.channels not in (None, 3):
         raise ValueError(f"FIBER takes 3-channel images, got {input_shape.channels}")
     unknown = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in _STAGE_INDEX]
     if unknown:
-        raise ValueError(f"MODEL.FPN.IN_FEATURES has unknown stages {unknown}; use {list(_STAGE_INDEX)}")
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES has unknown stages {unknown}; use {list(_STAGE_INDEX)}"
+        )
     in_stages = [_STAGE_INDEX[f] for f in cfg.MODEL.FPN.IN_FEATURES]
     sw = cfg.MODEL.SWIN
     if max(in_stages) >= len(sw.DEPTHS):
-        raise ValueError(f"MODEL.FPN.IN_FEATURES {cfg.MODEL.FPN.IN_FEATURES} needs more Swin stages")
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES {cfg.MODEL.FPN.IN_FEATURES} needs more Swin stages"
+        )
     lang_cfg = roberta_config_from_cfg(cfg)
     swin = FusionSwinTransformer(
         patch_size=sw.PATCH_SIZE,
@@ -308,7 +326,9 @@ def build_fiber_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> FIBERB
         use_checkpoint=sw.USE_CHECKPOINT,
     )
     text = FusionRobertaModel(
-        lang_cfg, image_dims=swin.fused_block_dims(), use_checkpoint=cfg.MODEL.LANGUAGE.USE_CHECKPOINT
+        lang_cfg,
+        image_dims=swin.fused_block_dims(),
+        use_checkpoint=cfg.MODEL.LANGUAGE.USE_CHECKPOINT,
     )
     fpn = FIBERFPN(
         [swin.num_features[s] for s in in_stages],

@@ -60,7 +60,9 @@ class FIBERFPN(nn.Module):
         drop_block_size: int = 3,
     ):
         super().__init__()
-        self.lateral_convs = nn.ModuleList(_c2_init(nn.Conv2d(c, out_channels, 1)) for c in in_channels)
+        self.lateral_convs = nn.ModuleList(
+            _c2_init(nn.Conv2d(c, out_channels, 1)) for c in in_channels
+        )
         self.output_convs = nn.ModuleList(
             _c2_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)) for _ in in_channels
         )

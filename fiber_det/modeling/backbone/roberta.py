@@ -17,7 +17,7 @@ added to that output, and a single residual + LayerNorm follows (``microsoft/FIB
 For non-fused layers this reduces exactly to standard post-LN RoBERTa.
 """
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ __all__ = ["FusionRobertaModel", "position_ids_from_input_ids"]
 
 
 def position_ids_from_input_ids(input_ids: Tensor, padding_idx: int) -> Tensor:
-    """RoBERTa (fairseq) positions: real tokens count from padding_idx + 1, padding keeps padding_idx."""
+    """RoBERTa (fairseq) positions: real tokens count from padding_idx + 1; padding keeps it."""
     mask = input_ids.ne(padding_idx).long()
     return torch.cumsum(mask, dim=1) * mask + padding_idx
 
@@ -58,7 +58,7 @@ class RobertaEmbeddings(nn.Module):
 class _Attention(nn.Module):
     """Multi-head attention projections with HF names (query/key/value); ``kv_dim`` for cross."""
 
-    def __init__(self, config: RobertaConfig, kv_dim: Optional[int] = None):
+    def __init__(self, config: RobertaConfig, kv_dim: int | None = None):
         super().__init__()
         d = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -67,7 +67,7 @@ class _Attention(nn.Module):
         self.value = nn.Linear(kv_dim or d, d)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, q_in: Tensor, kv_in: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def forward(self, q_in: Tensor, kv_in: Tensor, mask: Tensor | None) -> Tensor:
         b, n, d = q_in.shape
         hd = d // self.num_heads
 
@@ -99,7 +99,7 @@ class _DenseOut(nn.Module):
 
 
 class _AttentionBlock(nn.Module):
-    def __init__(self, config: RobertaConfig, kv_dim: Optional[int] = None):
+    def __init__(self, config: RobertaConfig, kv_dim: int | None = None):
         super().__init__()
         self.self = _Attention(config, kv_dim)
         self.output = _DenseOut(config, with_norm=kv_dim is None)
@@ -122,7 +122,7 @@ class _Output(nn.Module):
 class FusionRobertaLayer(nn.Module):
     """Post-LN RoBERTa layer; with ``image_dim`` set, also gated text-to-image cross-attention."""
 
-    def __init__(self, config: RobertaConfig, image_dim: Optional[int] = None):
+    def __init__(self, config: RobertaConfig, image_dim: int | None = None):
         super().__init__()
         self.attention = _AttentionBlock(config)
         self.fused = image_dim is not None
@@ -136,8 +136,8 @@ class FusionRobertaLayer(nn.Module):
         self,
         hidden: Tensor,
         self_mask: Tensor,
-        image_tokens: Optional[Tensor] = None,
-        image_mask: Optional[Tensor] = None,
+        image_tokens: Tensor | None = None,
+        image_mask: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -221,8 +221,8 @@ class FusionRobertaModel(nn.Module):
         index: int,
         hidden: Tensor,
         self_mask: Tensor,
-        image_tokens: Optional[Tensor] = None,
-        image_mask: Optional[Tensor] = None,
+        image_tokens: Tensor | None = None,
+        image_mask: Tensor | None = None,
     ) -> Tensor:
         layer = self.encoder.layer[index]
         if self.use_checkpoint and self.training and torch.is_grad_enabled():

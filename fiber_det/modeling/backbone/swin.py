@@ -14,7 +14,7 @@ Microsoft Swin release so that ImageNet and FIBER checkpoints map onto them one 
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ class WindowAttention(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        text_dim: Optional[int] = None,
+        text_dim: int | None = None,
         fusion_version: str = "v2",
     ):
         super().__init__()
@@ -105,7 +105,7 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, windows: Tensor, shift_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, windows: Tensor, shift_mask: Tensor | None) -> Tensor:
         """Self-attention inside windows.
 
         Args:
@@ -169,7 +169,7 @@ class SwinBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        text_dim: Optional[int] = None,
+        text_dim: int | None = None,
         fusion_version: str = "v2",
     ):
         super().__init__()
@@ -199,8 +199,8 @@ class SwinBlock(nn.Module):
         x: Tensor,
         hw: Tuple[int, int],
         shift_mask: Tensor,
-        text: Optional[Tensor] = None,
-        text_mask: Optional[Tensor] = None,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -258,7 +258,7 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """One resolution of Swin: blocks alternating plain and shifted windows, then patch merging."""
 
-    def __init__(self, blocks: List[SwinBlock], downsample: Optional[PatchMerging]):
+    def __init__(self, blocks: List[SwinBlock], downsample: PatchMerging | None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
@@ -353,10 +353,14 @@ class FusionSwinTransformer(nn.Module):
     ):
         super().__init__()
         if len(depths) != len(num_heads):
-            raise ValueError(f"SWIN.DEPTHS {list(depths)} and NUM_HEADS {list(num_heads)} differ in length")
+            raise ValueError(
+                f"SWIN.DEPTHS {list(depths)} and NUM_HEADS {list(num_heads)} differ in length"
+            )
         total = sum(depths)
         if not 0 <= num_fused_blocks <= total:
-            raise ValueError(f"NUM_FUSION_LAYERS={num_fused_blocks} must be in [0, {total}] (Swin blocks)")
+            raise ValueError(
+                f"NUM_FUSION_LAYERS={num_fused_blocks} must be in [0, {total}] (Swin blocks)"
+            )
         if fusion_version not in ("v2", "v3"):
             raise ValueError(f"FUSION_VERSION must be 'v2' or 'v3', got {fusion_version!r}")
         self.patch_size = patch_size
@@ -428,7 +432,7 @@ class FusionSwinTransformer(nn.Module):
         return SwinState(tokens=x, hw=(h, w))
 
     def step(
-        self, state: SwinState, text: Optional[Tensor] = None, text_mask: Optional[Tensor] = None
+        self, state: SwinState, text: Tensor | None = None, text_mask: Tensor | None = None
     ) -> SwinState:
         """Run the next block; finish the stage (output norm, patch merging) if it was the last."""
         stage = self.layers[state.stage]

@@ -48,7 +48,12 @@ class BoxCoder:
             return torch.zeros_like(anchors)
         gw, gh, gx, gy = self._whc(gt)
         return torch.stack(
-            (wx * (gx - ax) / aw, wy * (gy - ay) / ah, ww * torch.log(gw / aw), wh * torch.log(gh / ah)),
+            (
+                wx * (gx - ax) / aw,
+                wy * (gy - ay) / ah,
+                ww * torch.log(gw / aw),
+                wh * torch.log(gh / ah),
+            ),
             dim=1,
         )
 
@@ -71,7 +76,7 @@ def make_anchors(
     strides: Sequence[int],
     sizes: Sequence[float],
     plus_one: bool = True,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
 ) -> List[Tensor]:
     """One square anchor per location and level, row-major, as (H_l*W_l, 4) xyxy tensors.
 
@@ -84,7 +89,9 @@ def make_anchors(
             center, half = (stride - 1) / 2.0, (size - 1) / 2.0
         else:
             center, half = stride / 2.0, size / 2.0
-        cell = torch.tensor([center - half, center - half, center + half, center + half], device=device)
+        cell = torch.tensor(
+            [center - half, center - half, center + half, center + half], device=device
+        )
         xs = torch.arange(0, w * stride, step=stride, dtype=torch.float32, device=device)
         ys = torch.arange(0, h * stride, step=stride, dtype=torch.float32, device=device)
         sy, sx = torch.meshgrid(ys, xs, indexing="ij")

@@ -6,7 +6,11 @@ scale-aware attention and averages them, then applies DyReLU (Chen et al. 2020):
 "Dynamic Head", CVPR 2021. FIBER keeps GLIP's DyHead but without fusion inside the head
 (``EARLY_FUSE_ON: False``; ``microsoft/FIBER`` ``modeling/rpn/vldyhead.py``, ``DyConv``).
 
-The deformable convs run through ``torchvision.ops.deform_conv2d`` on CPU and GPU.
+The deformable convs run through ``torchvision.ops.deform_conv2d`` or, by default on CPU, an
+equivalent formulation with ``grid_sample`` + one matmul (bilinear sampling of the 9 kernel
+points with zero padding is exactly ``grid_sample(align_corners=True, padding_mode="zeros")``);
+it avoids torchvision's per-call zero-filled column buffers and is 1.5-2x faster on CPU. The two
+agree to ~1e-5 (float summation order).
 
 The official "next level" branch computes the offsets and masks on level l but runs the conv on
 level l+1 (half the size); the CUDA kernel never checks the offset size and reads the first
@@ -23,12 +27,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-__all__ = ["DyHeadBlock", "DyReLU", "ModulatedDeformConv3x3"]
+__all__ = ["DyHeadBlock", "DyReLU", "ModulatedDeformConv3x3", "deform_conv3x3_grid_sample"]
+
+DCN_IMPLS = ("auto", "torchvision", "grid_sample")
 
 
 def h_sigmoid(x: Tensor) -> Tensor:
     """Hard sigmoid ReLU6(x + 3) / 6."""
     return F.relu6(x + 3.0) / 6.0
+
+
+def deform_conv3x3_grid_sample(
+    x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, stride: int
+) -> Tensor:
+    """Modulated deformable 3x3 conv, padding 1, dilation 1, one offset group (DCNv2).
+
+    Kernel point k = 3 i + j of output pixel (ho, wo) samples the input at
+    ``(ho * stride - 1 + i + dy_k, wo * stride - 1 + j + dx_k)`` bilinearly (zero outside),
+    scaled by ``mask_k``; the samples are then contracted with the weights in one matmul.
+
+    Args:
+        x: (B, C, H, W); offset: (B, 18, Ho, Wo) as (dy, dx) per kernel point;
+        mask: (B, 9, Ho, Wo); weight: (C_out, C, 3, 3); bias: (C_out,).
+    Returns:
+        (B, C_out, Ho, Wo)
+    """
+    b, c, h, w = x.shape
+    ho, wo = offset.shape[-2:]
+    k = torch.arange(3, device=x.device, dtype=x.dtype)
+    rows = torch.arange(ho, device=x.device, dtype=x.dtype) * stride - 1
+    cols = torch.arange(wo, device=x.device, dtype=x.dtype) * stride - 1
+    base_y = rows[None, :, None] + k.repeat_interleave(3)[:, None, None]  # (9, Ho, 1)
+    base_x = cols[None, None, :] + k.repeat(3)[:, None, None]  # (9, 1, Wo)
+    off = offset.view(b, 9, 2, ho, wo)
+    gy = (base_y + off[:, :, 0]) * (2.0 / max(h - 1, 1)) - 1.0
+    gx = (base_x + off[:, :, 1]) * (2.0 / max(w - 1, 1)) - 1.0
+    grid = torch.stack((gx, gy), dim=-1).view(b, 9 * ho, wo, 2)
+    cols_ = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    cols_ = cols_.view(b, c, 9, ho * wo) * mask.reshape(b, 1, 9, ho * wo)
+    out = torch.matmul(weight.reshape(weight.shape[0], -1), cols_.view(b, c * 9, ho * wo))
+    return (out + bias[None, :, None]).view(b, -1, ho, wo)
 
 
 class ModulatedDeformConv3x3(nn.Module):
@@ -38,10 +76,14 @@ class ModulatedDeformConv3x3(nn.Module):
         channels (int): input and output channels.
         stride (int): 1 or 2.
         gn_groups (int): GroupNorm groups (0 disables the norm).
+        impl (str): "torchvision", "grid_sample", or "auto" (grid_sample on CPU).
     """
 
-    def __init__(self, channels: int, stride: int, gn_groups: int = 16):
+    def __init__(self, channels: int, stride: int, gn_groups: int = 16, impl: str = "auto"):
         super().__init__()
+        if impl not in DCN_IMPLS:
+            raise ValueError(f"MODEL.DYHEAD.DCN_IMPL must be one of {DCN_IMPLS}, got {impl!r}")
+        self.impl = impl
         self.stride = stride
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -54,15 +96,16 @@ class ModulatedDeformConv3x3(nn.Module):
         # deform_conv2d has no autocast rule: run it in the parameters' dtype (fp32 under AMP, as
         # the official custom_fwd(cast_inputs=float32) does).
         dtype = self.weight.dtype
-        out = deform_conv2d(
-            x.to(dtype),
-            offset.to(dtype),
-            self.weight,
-            self.bias,
-            stride=self.stride,
-            padding=1,
-            mask=mask.to(dtype),
-        )
+        x, offset, mask = x.to(dtype), offset.to(dtype), mask.to(dtype)
+        impl = self.impl
+        if impl == "auto":
+            impl = "torchvision" if x.is_cuda else "grid_sample"
+        if impl == "grid_sample":
+            out = deform_conv3x3_grid_sample(x, offset, mask, self.weight, self.bias, self.stride)
+        else:
+            out = deform_conv2d(
+                x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask
+            )
         return self.norm(out)
 
 
@@ -85,7 +128,7 @@ class DyReLU(nn.Module):
 
 
 def _reinterpret(t: Tensor, size: torch.Size) -> Tensor:
-    """View the first C*H'*W' values of each (C, H, W) item as (C, H', W') (CUDA kernel indexing)."""
+    """View the first C*H'*W' values of each (C, H, W) item as (C, H', W') (CUDA indexing)."""
     b, c = t.shape[:2]
     n = c * size[0] * size[1]
     return t.reshape(b, -1)[:, :n].reshape(b, c, size[0], size[1])
@@ -104,6 +147,7 @@ class DyHeadBlock(nn.Module):
         use_dyfuse (bool): scale-aware attention weights (else a plain mean).
         use_deform (bool): deformable convs (else plain 3x3 convs with zero offsets).
         emulate_offset_quirk (bool): reproduce the official next-level offset reinterpretation.
+        dcn_impl (str): deformable conv implementation (see ModulatedDeformConv3x3).
     """
 
     def __init__(
@@ -115,10 +159,11 @@ class DyHeadBlock(nn.Module):
         use_dyfuse: bool = True,
         use_deform: bool = True,
         emulate_offset_quirk: bool = True,
+        dcn_impl: str = "auto",
     ):
         super().__init__()
         self.convs = nn.ModuleList(
-            ModulatedDeformConv3x3(channels, s, gn_groups) for s in (1, 1, 2)
+            ModulatedDeformConv3x3(channels, s, gn_groups, dcn_impl) for s in (1, 1, 2)
         )
         self.use_deform = use_deform
         self.emulate_offset_quirk = emulate_offset_quirk
@@ -162,7 +207,9 @@ class DyHeadBlock(nn.Module):
                 )
             stacked = torch.stack(parts)
             if self.scale_attn is not None:
-                attn = torch.stack([F.relu(self.scale_attn(p.mean(dim=(2, 3), keepdim=True))) for p in parts])
+                attn = torch.stack(
+                    [F.relu(self.scale_attn(p.mean(dim=(2, 3), keepdim=True))) for p in parts]
+                )
                 stacked = stacked * h_sigmoid(attn)
             out = stacked.mean(dim=0)
             outs.append(self.dyrelu(out) if self.dyrelu is not None else F.relu(out))

@@ -64,6 +64,7 @@ class FIBERGroundingHead(nn.Module):
         prior_prob (float): initial bias0 = -log((1 - p) / p).
         log_scale (float): initial log temperature of the logits.
         use_checkpoint (bool): activation checkpointing of the tower in training.
+        dcn_impl (str): deformable conv implementation ("auto", "torchvision", "grid_sample").
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class FIBERGroundingHead(nn.Module):
         prior_prob: float = 0.01,
         log_scale: float = 0.0,
         use_checkpoint: bool = False,
+        dcn_impl: str = "auto",
     ):
         super().__init__()
         self.tower = nn.ModuleList(
@@ -91,6 +93,7 @@ class FIBERGroundingHead(nn.Module):
                 use_dyfuse=use_dyfuse,
                 use_deform=use_deform,
                 emulate_offset_quirk=emulate_offset_quirk,
+                dcn_impl=dcn_impl,
             )
             for _ in range(num_convs)
         )

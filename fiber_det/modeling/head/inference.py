@@ -12,7 +12,7 @@ Follows the official ATSS post-processor of FIBER/GLIP (``modeling/rpn/inference
 """
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor

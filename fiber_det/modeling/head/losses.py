@@ -178,7 +178,9 @@ class FIBERLoss:
         ctr_sum = _all_reduce_sum(ctr_targets.sum().detach()).item() / world
         pred_boxes = self.box_coder.decode(pos_reg, pos_anchors)
         target_boxes = self.box_coder.decode(pos_targets, pos_anchors)
-        losses["loss_reg"] = giou_loss(pred_boxes, target_boxes, ctr_targets) / ctr_sum * self.reg_weight
+        losses["loss_reg"] = (
+            giou_loss(pred_boxes, target_boxes, ctr_targets) / ctr_sum * self.reg_weight
+        )
         ctr_loss = F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum")
         losses["loss_centerness"] = ctr_loss / num_pos_avg * self.centerness_weight
         return losses
@@ -191,5 +193,6 @@ class FIBERLoss:
         lr = torch.stack((cx - gts[:, 0], gts[:, 2] - cx), dim=1)
         tb = torch.stack((cy - gts[:, 1], gts[:, 3] - cy), dim=1)
         return torch.sqrt(
-            (lr.min(dim=1).values / lr.max(dim=1).values) * (tb.min(dim=1).values / tb.max(dim=1).values)
+            (lr.min(dim=1).values / lr.max(dim=1).values)
+            * (tb.min(dim=1).values / tb.max(dim=1).values)
         )

@@ -9,6 +9,14 @@ Input contract (one dict per image, detectron2 style):
   of a caption); required at inference;
 * in training, ``instances`` with ``gt_boxes`` and ``positive_map`` (num_gt, L).
 
+At inference an image may instead carry ``prompts``: a list of dicts, each with ``input_ids``,
+``attention_mask`` and ``positive_map`` (a large vocabulary split in chunks, e.g. LVIS in 31
+prompts of 40 names). Each prompt is scored separately (its own detection cap, as the official
+chunked evaluation) and the labels of prompt p are offset by the number of labels of prompts
+0..p-1, so ``pred_classes`` index the concatenation of all prompts' labels. The pre-fusion image
+part then runs once per image and the pre-fusion text part once per distinct prompt
+(``MODEL.FIBER.CACHED_MULTI_PROMPT``, see :mod:`.multi_prompt`).
+
 Output at inference: ``[{"instances": Instances}]`` with ``pred_boxes``, ``scores`` and
 ``pred_classes`` (0-based row of that image's ``positive_map``), sorted by score.
 
@@ -23,7 +31,7 @@ Paper: Dou et al., "Coarse-to-Fine Vision-Language Pre-training with Fusion in t
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -31,11 +39,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from ..backbone.fiber_backbone import FIBERBackbone, TextFeatures
+from ..backbone.fiber_backbone import FIBERBackbone, TextFeatures, TextState
 from ..head.boxes import BoxCoder, make_anchors
 from ..head.grounding_head import FIBERGroundingHead, HeadOutputs
 from ..head.inference import Detections, PostProcessor
 from ..head.losses import FIBERLoss
+from .multi_prompt import TextStateCache, merge_prompt_results, split_prompts, stack_text_states
 
 __all__ = ["FIBERDetector"]
 
@@ -56,6 +65,9 @@ class FIBERDetector(nn.Module):
         input_format (str): channel order of ``image`` ("BGR" for official weights).
         pad_token_id (int): id used to pad prompts of different lengths in a batch.
         plus_one (bool): legacy "+1" box conventions (anchors).
+        cached_multi_prompt (bool): share pre-fusion work across the prompts of an image.
+        prompt_batch_size (int): prompts run together in the fused tail (memory vs speed).
+        text_cache_size (int): pre-fusion text states kept (LRU) across images.
     """
 
     @configurable
@@ -73,6 +85,9 @@ class FIBERDetector(nn.Module):
         input_format: str = "BGR",
         pad_token_id: int = 1,
         plus_one: bool = True,
+        cached_multi_prompt: bool = True,
+        prompt_batch_size: int = 8,
+        text_cache_size: int = 128,
     ):
         super().__init__()
         self.backbone = backbone
@@ -84,11 +99,17 @@ class FIBERDetector(nn.Module):
         self.input_format = input_format
         self.pad_token_id = pad_token_id
         self.plus_one = plus_one
+        self.cached_multi_prompt = cached_multi_prompt
+        self.prompt_batch_size = max(1, int(prompt_batch_size))
+        self.text_cache = TextStateCache(text_cache_size)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.text_cache.clear())
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         strides = [s.stride for s in backbone.output_shape().values()]
         if list(strides) != list(self.anchor_strides):
-            raise ValueError(f"MODEL.ATSS.ANCHOR_STRIDES {list(anchor_strides)} != feature strides {strides}")
+            raise ValueError(
+                f"MODEL.ATSS.ANCHOR_STRIDES {list(anchor_strides)} != feature strides {strides}"
+            )
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -108,6 +129,7 @@ class FIBERDetector(nn.Module):
             prior_prob=dy.PRIOR_PROB,
             log_scale=dy.LOG_SCALE,
             use_checkpoint=dy.USE_CHECKPOINT,
+            dcn_impl=dy.DCN_IMPL,
         )
         if dy.CHANNELS != cfg.MODEL.FPN.OUT_CHANNELS:
             raise ValueError(
@@ -143,6 +165,9 @@ class FIBERDetector(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "pad_token_id": cfg.MODEL.LANGUAGE.PAD_TOKEN_ID,
             "plus_one": plus_one,
+            "cached_multi_prompt": cfg.MODEL.FIBER.CACHED_MULTI_PROMPT,
+            "prompt_batch_size": cfg.MODEL.FIBER.PROMPT_BATCH_SIZE,
+            "text_cache_size": cfg.MODEL.FIBER.TEXT_CACHE_SIZE,
         }
 
     @property
@@ -183,15 +208,21 @@ class FIBERDetector(nn.Module):
     @staticmethod
     def _pad_map(pmap: Tensor, length: int) -> Tensor:
         if pmap.shape[-1] > length:
-            raise ValueError(f"positive_map has {pmap.shape[-1]} token columns, prompt has {length}")
+            raise ValueError(
+                f"positive_map has {pmap.shape[-1]} token columns, prompt has {length}"
+            )
         return torch.nn.functional.pad(pmap.float(), (0, length - pmap.shape[-1]))
 
     def anchors(self, features: Dict[str, Tensor]) -> List[Tensor]:
         grids = [tuple(f.shape[-2:]) for f in features.values()]
-        return make_anchors(grids, self.anchor_strides, self.anchor_sizes, self.plus_one, self.device)
+        return make_anchors(
+            grids, self.anchor_strides, self.anchor_sizes, self.plus_one, self.device
+        )
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
+        if not self.training and any("prompts" in x for x in batched_inputs):
+            return [self.inference_multi_prompt(x) for x in batched_inputs]
         images = self.preprocess_image(batched_inputs)
         input_ids, attention_mask = self.preprocess_text(batched_inputs)
         features, text = self.backbone(images.tensor, input_ids, attention_mask, images.image_sizes)
@@ -202,7 +233,11 @@ class FIBERDetector(nn.Module):
         return self.inference(batched_inputs, outputs, anchors, images.image_sizes)
 
     def losses(
-        self, batched_inputs: List[Dict], outputs: HeadOutputs, anchors: List[Tensor], text: TextFeatures
+        self,
+        batched_inputs: List[Dict],
+        outputs: HeadOutputs,
+        anchors: List[Tensor],
+        text: TextFeatures,
     ) -> Dict[str, Tensor]:
         length = text.mask.shape[1]
         boxes, maps = [], []
@@ -219,7 +254,13 @@ class FIBERDetector(nn.Module):
                 else torch.zeros(0, length, device=self.device)
             )
         return self.loss(
-            outputs.box_regression, outputs.centerness, outputs.logits, anchors, boxes, maps, text.mask
+            outputs.box_regression,
+            outputs.centerness,
+            outputs.logits,
+            anchors,
+            boxes,
+            maps,
+            text.mask,
         )
 
     def inference(
@@ -247,6 +288,61 @@ class FIBERDetector(nn.Module):
             width = x.get("width", image_sizes[i][1])
             results.append({"instances": self.to_instances(dets, image_sizes[i], (height, width))})
         return results
+
+    def inference_multi_prompt(self, x: Dict) -> Dict[str, Instances]:
+        """One image queried with several prompts (``x["prompts"]``).
+
+        Cached path (default): pre-fusion image part once, pre-fusion text part once per distinct
+        prompt (LRU-cached across images), fused tail + head per batch of prompts
+        (:mod:`.multi_prompt`). Naive path: one full forward per prompt (official protocol).
+        Both give the same detections.
+        """
+        prompts = split_prompts(x)
+        sizes = [int(p["positive_map"].shape[0]) for p in prompts]
+        base = {k: v for k, v in x.items() if k != "prompts"}
+        if not self.cached_multi_prompt:
+            parts = [self.forward([{**base, **p}])[0]["instances"] for p in prompts]
+            return {"instances": merge_prompt_results(parts, sizes)}
+        images = self.preprocess_image([x])
+        size = images.image_sizes[0]
+        out_size = (x.get("height", size[0]), x.get("width", size[1]))
+        image_state = self.backbone.encode_image(images.tensor)
+        states = [self._prompt_text_state(p) for p in prompts]
+        parts = []
+        for start in range(0, len(prompts), self.prompt_batch_size):
+            chunk = slice(start, start + self.prompt_batch_size)
+            feats, text = self.backbone.fuse(image_state, stack_text_states(states[chunk]), [size])
+            outputs = self.head(list(feats.values()), text)
+            anchors = self.anchors(feats)
+            length = text.mask.shape[1]
+            for j, p in enumerate(prompts[chunk]):
+                dets = self.postprocessor(
+                    [r[j] for r in outputs.box_regression],
+                    [c[j] for c in outputs.centerness],
+                    [lg[j] for lg in outputs.logits],
+                    anchors,
+                    self._pad_map(p["positive_map"].to(self.device), length),
+                    size,
+                )
+                parts.append(self.to_instances(dets, size, out_size))
+        return {"instances": merge_prompt_results(parts, sizes)}
+
+    def _prompt_text_state(self, prompt: Dict) -> TextState:
+        """Pre-fusion text state of one prompt, from the cache when weights are fixed."""
+        ids = prompt["input_ids"].reshape(1, -1).to(self.device)
+        mask = prompt["attention_mask"].reshape(1, -1).to(self.device)
+        cacheable = not self.training and not torch.is_grad_enabled()
+        key = TextStateCache.key(ids, mask) if cacheable else None
+        state = self.text_cache.get(key) if cacheable else None
+        if state is None:
+            state = self.backbone.encode_text(ids, mask)
+            if cacheable:
+                self.text_cache.put(key, state)
+        return state
+
+    def train(self, mode: bool = True) -> "FIBERDetector":
+        self.text_cache.clear()  # cached text states are only valid for fixed weights
+        return super().train(mode)
 
     @staticmethod
     def to_instances(

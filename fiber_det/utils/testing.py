@@ -1,0 +1,148 @@
+"""Helpers for tests and quick experiments: a tiny config, an offline tokenizer, model inputs.
+
+Mirrors ``detectron2.utils.testing``: everything runs on CPU without network or weights.
+"""
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.structures import Boxes, Instances
+
+from ..config import add_fiber_config
+from ..text import (
+    build_detection_prompt,
+    build_offline_tokenizer,
+    spans_to_positive_map,
+    tokenize_prompts,
+)
+
+__all__ = [
+    "REPO_ROOT",
+    "parity_dir",
+    "TEST_VOCABULARY",
+    "get_config",
+    "get_tiny_config",
+    "build_test_tokenizer",
+    "detection_input",
+    "unmatched_detections",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def parity_dir() -> Path:
+    """The official parity fixtures: ``$FIBER_PARITY_DIR`` or ``shared/parity`` next to the repo."""
+    env = os.environ.get("FIBER_PARITY_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "parity"
+
+
+# Words of the synthetic demo, COCO-like names and punctuation: enough for an offline BPE
+# tokenizer whose tokens behave like RoBERTa's (leading-space tokens, sub-words).
+TEST_VOCABULARY = (
+    "a an the of and with left right above below next to near small big large tiny huge "
+    "red green blue yellow orange purple white black gray pink brown cyan "
+    "circle square triangle star diamond hexagon ring cross shape shapes object objects "
+    "person bicycle car motorcycle airplane bus train truck boat dog cat horse sheep cow bird "
+    "traffic light fire hydrant stop sign parking meter bench bottle cup fork knife spoon bowl "
+    "bow weapon aerosol can air conditioner hat helmet leash without not is on in at "
+    "man woman child people wearing holding shirt jacket standing sitting "
+).split()
+
+
+def build_test_tokenizer(out_dir, extra_texts: Sequence[str] = (), vocab_size: int = 1000):
+    """Offline byte-level BPE tokenizer (RoBERTa special tokens) trained on TEST_VOCABULARY."""
+    words = list(TEST_VOCABULARY)
+    texts = [" ".join(words)] * 20 + words + [f"{w}. " for w in words] + list(extra_texts)
+    return build_offline_tokenizer(texts, out_dir, vocab_size=vocab_size)
+
+
+def get_config(config_file: str, opts: List | None = None) -> CfgNode:
+    """detectron2 config with the FIBER keys, merged from a file under ``configs/``."""
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    path = Path(config_file)
+    if not path.is_absolute():
+        path = REPO_ROOT / "configs" / path
+    cfg.merge_from_file(str(path))
+    if opts:
+        cfg.merge_from_list(opts)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def get_tiny_config(tokenizer_dir=None, opts: List | None = None) -> CfgNode:
+    """The tiny CPU config (configs/tiny/fiber_tiny.yaml), optionally with a tokenizer folder."""
+    cfg = get_config("tiny/fiber_tiny.yaml", opts)
+    if tokenizer_dir is not None:
+        cfg.MODEL.LANGUAGE.TOKENIZER = str(tokenizer_dir)
+    return cfg
+
+
+def detection_input(
+    tokenizer,
+    image: torch.Tensor,
+    names: Sequence[str],
+    boxes: torch.Tensor | None = None,
+    box_labels: Sequence[int] | None = None,
+    max_length: int = 64,
+) -> Dict:
+    """A model input dict for ``image`` queried with a detection prompt of ``names``.
+
+    With ``boxes`` (G, 4 xyxy) and ``box_labels`` (index into ``names``), adds training
+    ``instances`` whose positive maps are the rows of the named labels.
+    """
+    prompt = build_detection_prompt(names)
+    tok = tokenize_prompts(tokenizer, [prompt.caption], max_length=max_length)
+    pmap = spans_to_positive_map(tok.encodings, prompt.spans, tok.input_ids.shape[1])
+    out = {
+        "image": image,
+        "height": image.shape[-2],
+        "width": image.shape[-1],
+        "input_ids": tok.input_ids[0],
+        "attention_mask": tok.attention_mask[0],
+        "positive_map": pmap,
+    }
+    if boxes is not None:
+        inst = Instances(tuple(image.shape[-2:]))
+        inst.gt_boxes = Boxes(boxes.float())
+        labels = list(box_labels or [])
+        inst.positive_map = pmap[labels] if labels else torch.zeros(0, pmap.shape[1])
+        inst.gt_classes = torch.tensor(labels, dtype=torch.long)
+        out["instances"] = inst
+    return out
+
+
+def unmatched_detections(
+    boxes_a: torch.Tensor,
+    scores_a: torch.Tensor,
+    labels_a: torch.Tensor,
+    boxes_b: torch.Tensor,
+    scores_b: torch.Tensor,
+    labels_b: torch.Tensor,
+    box_tol: float = 0.01,
+    score_tol: float = 1e-4,
+) -> list:
+    """Detections of A without a partner in B (same label, scores within ``score_tol``, box
+    corners within ``box_tol`` px), matched one to one, order-free. Empty when A == B."""
+    if len(boxes_a) != len(boxes_b):
+        return [f"{len(boxes_a)} vs {len(boxes_b)} detections"]
+    unused = torch.ones(len(boxes_b), dtype=torch.bool)
+    missing = []
+    for box, score, label in zip(boxes_a, scores_a, labels_a):
+        ok = (
+            unused
+            & (labels_b == label)
+            & ((scores_b - score).abs() < score_tol)
+            & ((boxes_b - box).abs().max(dim=1).values < box_tol)
+        )
+        if not ok.any():
+            missing.append((box.tolist(), float(score), int(label)))
+            continue
+        # closest partner first, so near-duplicates pair up correctly
+        cand = ok.nonzero().flatten()
+        best = cand[(scores_b[cand] - score).abs().argmin()]
+        unused[best] = False
+    return missing
