@@ -7,7 +7,8 @@ datasets), so that ``build_model(cfg)`` and ``DatasetCatalog.get(name)`` work af
 
 __version__ = "0.1.0"
 
-from .config import add_fiber_config  # noqa: E402
 from . import modeling  # noqa: E402,F401  registers the FIBER backbone, head and meta-arch
+from .config import add_fiber_config  # noqa: E402
+from .data import datasets as _datasets  # noqa: E402,F401  registers the builtin datasets
 
 __all__ = ["add_fiber_config", "__version__"]

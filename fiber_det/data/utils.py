@@ -1,0 +1,107 @@
+"""Small data helpers: file checks with helpful errors, image reading, counters of bad data."""
+
+import json
+import logging
+import os
+from collections import Counter
+from typing import Dict, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DataIssueCounter", "read_image", "read_json", "require_file"]
+
+logger = logging.getLogger(__name__)
+
+README_HINT = (
+    "see datasets/README.md for where to get it and the folder tree expected under "
+    "$DETECTRON2_DATASETS"
+)
+
+
+def require_file(path: str, what: str = "annotation file", is_dir: bool = False) -> str:
+    """Return ``path`` if it exists, else raise a FileNotFoundError that names it and the fix."""
+    ok = os.path.isdir(path) if is_dir else os.path.isfile(path)
+    if not ok:
+        root = os.getenv("DETECTRON2_DATASETS", "datasets")
+        raise FileNotFoundError(
+            f"{what} not found: {path} ($DETECTRON2_DATASETS={root!r}); {README_HINT}"
+        )
+    return path
+
+
+def read_json(path: str, what: str = "annotation file"):
+    """``json.load`` with the helpful missing-file error of :func:`require_file`."""
+    with open(require_file(path, what)) as f:
+        return json.load(f)
+
+
+def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 in ``image_format`` ("BGR" or "RGB").
+
+    Like the official loader (``PIL.Image.open(...).convert("RGB")``), EXIF orientation is NOT
+    applied, so boxes stay aligned with the stored pixels (detectron2's ``read_image`` rotates).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OSError: the file cannot be decoded (corrupt or not an image), naming it.
+    """
+    if not os.path.isfile(file_name):
+        raise FileNotFoundError(
+            f"image not found: {file_name}; check the dataset's image root ({README_HINT})"
+        )
+    try:
+        with Image.open(file_name) as img:
+            array = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise OSError(
+            f"cannot read image {file_name} ({type(e).__name__}: {e}): the file is corrupt or not "
+            "an image; re-download it, or remove its entry from the annotation file"
+        ) from e
+    if image_format == "BGR":
+        return np.ascontiguousarray(array[:, :, ::-1])
+    if image_format == "RGB":
+        return array
+    raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB' for FIBER, got {image_format!r}")
+
+
+class DataIssueCounter:
+    """Counts of bad-data events (dropped boxes, clipped boxes, truncated prompts, ...).
+
+    Each kind is logged (with an example) the first ``first_n`` times it occurs, and a summary of
+    all counts every ``log_period`` images. In a DataLoader each worker has its own counter.
+
+    Attributes:
+        counts (Counter): kind -> number of events so far.
+        images (int): images seen.
+    """
+
+    def __init__(self, name: str, *, log_period: int = 1000, first_n: int = 3):
+        self.name = name
+        self.log_period = log_period
+        self.first_n = first_n
+        self.counts: Counter = Counter()
+        self.images = 0
+
+    def add(self, kind: str, n: int = 1, detail: Optional[str] = None) -> None:
+        """Record ``n`` events of ``kind``; ``detail`` says where (file, span, ...)."""
+        if n <= 0:
+            return
+        before = self.counts[kind]
+        self.counts[kind] += n
+        if before < self.first_n:
+            logger.warning("%s: %s x%d%s", self.name, kind, n, f" ({detail})" if detail else "")
+
+    def update(self, counts: Dict[str, int], detail: Optional[str] = None) -> None:
+        for kind, n in counts.items():
+            self.add(kind, n, detail)
+
+    def step(self) -> None:
+        """Call once per image; logs the summary every ``log_period`` images."""
+        self.images += 1
+        if self.log_period > 0 and self.images % self.log_period == 0 and self.counts:
+            self.log_summary()
+
+    def log_summary(self) -> None:
+        summary = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
+        logger.info("%s: after %d images: %s", self.name, self.images, summary or "no issues")
