@@ -1,0 +1,48 @@
+"""Evaluators of fiber-det: COCO / ODinW / COCO-O / D3 box AP, LVIS Fixed AP, Flickr30k Entities
+Recall@k, RefCOCO/+/g Precision@k, and the benchmark summaries (ODinW average, COCO-O effective
+robustness). Every evaluator is a detectron2 ``DatasetEvaluator`` whose metrics come from saved
+prediction records, so ``tools/evaluate_predictions.py`` reproduces an online run exactly.
+"""
+
+from .base import FIBEREvaluator, RecordEvaluatorMixin, format_metric_tables
+from .build import EVALUATOR_TYPES, build_evaluator
+from .coco import D3Evaluator, FIBERCOCOEvaluator
+from .flickr import FlickrEvaluator
+from .flickr_entities import load_flickr_entities, parse_annotation_xml, parse_sentences_file
+from .grounding import GroundingRecallEvaluator
+from .lvis import LVISEvaluator, evaluate_lvis_boxes
+from .records import PREDICTIONS_FILE, RESULTS_FILE, load_predictions
+from .refexp import RefExpEvaluator
+from .summary import (
+    coco_o_summary,
+    effective_robustness,
+    log_benchmark_summary,
+    odinw_summary,
+    summarize_benchmarks,
+)
+
+__all__ = [
+    "D3Evaluator",
+    "EVALUATOR_TYPES",
+    "FIBERCOCOEvaluator",
+    "FIBEREvaluator",
+    "FlickrEvaluator",
+    "GroundingRecallEvaluator",
+    "LVISEvaluator",
+    "PREDICTIONS_FILE",
+    "RESULTS_FILE",
+    "RecordEvaluatorMixin",
+    "RefExpEvaluator",
+    "build_evaluator",
+    "coco_o_summary",
+    "effective_robustness",
+    "evaluate_lvis_boxes",
+    "format_metric_tables",
+    "load_flickr_entities",
+    "load_predictions",
+    "log_benchmark_summary",
+    "odinw_summary",
+    "parse_annotation_xml",
+    "parse_sentences_file",
+    "summarize_benchmarks",
+]

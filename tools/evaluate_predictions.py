@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Evaluate saved predictions: the same metrics and table as the online evaluation.
+
+    python tools/evaluate_predictions.py --dataset fiber_coco_2017_val \\
+        --predictions output/inference/fiber_coco_2017_val/instances_predictions.pth \\
+        [--output results.json] [--config-file configs/fiber_b/eval/coco.yaml] [-- KEY VALUE ...]
+
+``instances_predictions.pth`` is what every fiber-det evaluator writes to its output folder (data
+contract section 4). The evaluator is chosen by the dataset's ``evaluator_type`` and configured
+from ``--config-file`` and the ``KEY VALUE`` overrides after ``--`` (e.g.
+``TEST.FIBER.FLICKR_PROTOCOL merged``, ``TEST.FIBER.LVIS_USE_FIXED_AP False``). Several
+``--dataset`` / ``--predictions`` pairs are evaluated in order and summarised as in an online run
+(ODinW average; COCO-O mean and effective robustness, the clean COCO AP from ``--coco-ap`` or from
+a COCO dataset among them). The JSON output maps each dataset to its results, plus ``summary``.
+"""
+
+import argparse
+import logging
+import sys
+from collections import OrderedDict
+from typing import List, Optional
+
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+import fiber_det  # noqa: F401  registers the model and the datasets
+from fiber_det import add_fiber_config
+from fiber_det.evaluation import (
+    build_evaluator,
+    format_metric_tables,
+    load_predictions,
+    summarize_benchmarks,
+)
+from fiber_det.evaluation.records import atomic_save_json
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--dataset", nargs="+", required=True, help="registered dataset name(s)")
+    p.add_argument(
+        "--predictions", nargs="+", required=True, help="instances_predictions.pth, one per dataset"
+    )
+    p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument("--config-file", default="", help="config of the run (evaluation keys)")
+    p.add_argument(
+        "--coco-ap",
+        type=float,
+        default=None,
+        help="clean COCO AP of the same model and prompt, for COCO-O effective robustness "
+        "(default: TEST.FIBER.COCO_O_CLEAN_AP, or a COCO dataset evaluated here)",
+    )
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p
+
+
+def setup_cfg(config_file: str, opts: List[str]):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    return cfg
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    if len(args.dataset) != len(args.predictions):
+        raise SystemExit(
+            f"error: {len(args.dataset)} datasets but {len(args.predictions)} prediction files: "
+            "give one --predictions file per --dataset, in the same order, and put KEY VALUE "
+            "overrides after '--' (e.g. --predictions p.pth -- TEST.FIBER.FLICKR_PROTOCOL merged)"
+        )
+    opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    logger = logging.getLogger("fiber_det.evaluate_predictions")
+    cfg = setup_cfg(args.config_file, opts)
+    results = OrderedDict()
+    for name, path in zip(args.dataset, args.predictions):
+        records = load_predictions(path)
+        logger.info("Loaded %d prediction records for %s from %s", len(records), name, path)
+        evaluator = build_evaluator(cfg, name)
+        results[name] = evaluator.evaluate_predictions(records)
+        print(f"Evaluation results for {name}:\n{evaluator.format_results(results[name])}")
+    coco_ap = args.coco_ap if args.coco_ap is not None else cfg.TEST.FIBER.COCO_O_CLEAN_AP
+    summary = summarize_benchmarks(results, coco_clean_ap=coco_ap)
+    if summary:
+        print(f"Benchmark summary:\n{format_metric_tables(summary)}")
+    if args.output:
+        atomic_save_json({**results, **({"summary": summary} if summary else {})}, args.output)
+        logger.info("Wrote %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    setup_logger(name="fiber_det", abbrev_name="fiber_det")  # counts and warnings to stdout
+    sys.exit(main())
