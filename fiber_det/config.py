@@ -20,6 +20,7 @@ def add_fiber_config(cfg: CN) -> CN:
     _add_head_keys(cfg)
     _add_data_keys(cfg)
     _add_solver_keys(cfg)
+    _add_train_keys(cfg)
     _add_test_keys(cfg)
     return cfg
 
@@ -110,6 +111,15 @@ def _add_fusion_keys(cfg: CN) -> None:
     # Prompt tuning (official "add_linear_layer"): a learned per-position offset (max 1000 tokens)
     # added to the text embeddings; initialised to zero.
     cfg.MODEL.FIBER.USE_PROMPT_TUNING = False
+    # Images queried with several prompts (chunked vocabularies, D3 descriptions): run the
+    # pre-fusion image part once per image and the pre-fusion text part once per distinct prompt
+    # (cached across images), then the fused tail and head per batch of prompts. Same detections
+    # as one full forward per prompt (False, the official protocol), fewer FLOPs.
+    cfg.MODEL.FIBER.CACHED_MULTI_PROMPT = True
+    # Prompts run together through the fused tail and head (memory grows linearly with it).
+    cfg.MODEL.FIBER.PROMPT_BATCH_SIZE = 8
+    # Pre-fusion text states kept across images (LRU); 0 disables the cache.
+    cfg.MODEL.FIBER.TEXT_CACHE_SIZE = 128
 
 
 def _add_head_keys(cfg: CN) -> None:
@@ -132,6 +142,10 @@ def _add_head_keys(cfg: CN) -> None:
     cfg.MODEL.DYHEAD.LOG_SCALE = 0.0
     # Activation checkpointing of the DyHead tower (training memory only).
     cfg.MODEL.DYHEAD.USE_CHECKPOINT = False
+    # Deformable conv implementation: "torchvision" (torchvision.ops.deform_conv2d),
+    # "grid_sample" (same maths as grid_sample + matmul, faster on CPU), "auto" (grid_sample on
+    # CPU, torchvision on CUDA). They agree to ~1e-5.
+    cfg.MODEL.DYHEAD.DCN_IMPL = "auto"
 
     cfg.MODEL.ATSS = CN()
     # Anchors: one per location, size = ANCHOR_SIZES[l] at stride ANCHOR_STRIDES[l] (P3-P7).
@@ -157,12 +171,20 @@ def _add_data_keys(cfg: CN) -> None:
     cfg.DATASETS.FIBER = CN()
     # Separator between category names in a detection prompt (official ". ").
     cfg.DATASETS.FIBER.SEPARATION_TOKENS = ". "
-    # Detection training prompts (official od-to-grounding): shuffle the category list.
+    # Detection training prompts (official od-to-grounding, fiber_det.text.od_to_grounding):
+    # "full" writes every category (COCO, ODinW, small vocabularies); "sampled" writes the
+    # image's categories plus sampled negatives (LVIS, Objects365). "" uses each dataset's
+    # `train_prompt` metadata (set by register_detection_dataset; builtin LVIS/O365: "sampled").
+    cfg.DATASETS.FIBER.TRAIN_PROMPT = ""
+    # "full" prompts: a new random category order per image (official; off = id order).
     cfg.DATASETS.FIBER.SHUFFLE_CATEGORIES = True
-    # LVIS / Objects365 style prompts: keep all positives and sample up to this many negatives
-    # (-1: write the full category list, as COCO and ODinW fine-tuning do).
-    cfg.DATASETS.FIBER.RANDOM_SAMPLE_NEG = -1
-    # Token budget of a training caption (the official value leaves room for <s> and </s>).
+    # "sampled" prompts: at most this many negative categories per caption (official 85).
+    cfg.DATASETS.FIBER.RANDOM_SAMPLE_NEG = 85
+    # "sampled" prompts: official CONTROL_PROB (p one negative, p one positive, p all sampled
+    # negatives, p drop positives [ignored: positives are always kept]); else 1..N negatives.
+    cfg.DATASETS.FIBER.CONTROL_PROB = [0.0, 0.0, 1.0, 0.0]
+    # Token budget of a "sampled" training caption, without <s> and </s> (official 254); capped
+    # at MODEL.LANGUAGE.MAX_QUERY_LEN - 2. Boxes whose names do not fit are dropped and counted.
     cfg.DATASETS.FIBER.MAX_CAPTION_TOKENS = 254
     # Horizontal flip probability in training (official 0.5; 0 for RefCOCO).
     cfg.DATASETS.FIBER.FLIP_PROB = 0.5
@@ -171,13 +193,127 @@ def _add_data_keys(cfg: CN) -> None:
 
 
 def _add_solver_keys(cfg: CN) -> None:
+    # detectron2 keys the FIBER recipes set: SOLVER.BASE_LR / WEIGHT_DECAY / BIAS_LR_FACTOR (2,
+    # official) / WEIGHT_DECAY_BIAS (0) / GAMMA / WARMUP_* / CLIP_GRADIENTS (CLIP_TYPE
+    # "full_model": one norm over every trained parameter, FIBER pre-training) / AMP.ENABLED
+    # (GPU only) / CHECKPOINT_PERIOD / IMS_PER_BATCH, TEST.EVAL_PERIOD, SEED. SOLVER.STEPS
+    # entries < 1 are fractions of MAX_ITER (official: (0.67, 0.89)).
     cfg.SOLVER.FIBER = CN()
     # Learning rate of every parameter under the text encoder (its fusion layers included).
     cfg.SOLVER.FIBER.LANG_LR = 1e-5
+    # "ADAMW" (every FIBER recipe) or "SGD" (momentum SOLVER.MOMENTUM).
+    cfg.SOLVER.FIBER.OPTIMIZER = "ADAMW"
+    # Parameter groups. "official" (solver/build.py of microsoft/FIBER): names containing "bias"
+    # (relative_position_bias_table, bias_lang, bias0 included) get BIAS_LR_FACTOR x LR and
+    # WEIGHT_DECAY_BIAS; norms keep WEIGHT_DECAY x WEIGHT_DECAY_NORM_FACTOR; the rest
+    # WEIGHT_DECAY. "no_decay_norm_embed" (not official): additionally no weight decay on norms,
+    # embeddings, gates, position-bias tables and scales, and no LR factor on biases.
+    cfg.SOLVER.FIBER.PARAM_GROUPS = "official"
+    # LR multiplier of the Swin body (official BACKBONE_BODY_LR_FACTOR).
+    cfg.SOLVER.FIBER.BACKBONE_BODY_LR_FACTOR = 1.0
+    # Weight-decay multiplier of norm parameters in the official naming ("norm"/"Norm"; the
+    # head's GroupNorms, officially "bn", are not norms for this rule).
+    cfg.SOLVER.FIBER.WEIGHT_DECAY_NORM_FACTOR = 1.0
+    # Weight decay x GAMMA whenever the iteration reaches RATIO x an LR milestone (official
+    # WEIGHT_DECAY_SCHEDULE of the pre-training recipe; multi-step schedules only).
+    cfg.SOLVER.FIBER.WEIGHT_DECAY_SCHEDULE = False
+    cfg.SOLVER.FIBER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
+    # > 0: train this many epochs, MAX_ITER = MAX_EPOCH x |training set| // IMS_PER_BATCH
+    # (|training set| counts the copies, as the official MAX_EPOCH).
+    cfg.SOLVER.FIBER.MAX_EPOCH = 0
+    # > 0: SOLVER.CHECKPOINT_PERIOD / TEST.EVAL_PERIOD in epochs instead of iterations.
+    cfg.SOLVER.FIBER.CHECKPOINT_PER_EPOCH = -1.0
+    cfg.SOLVER.FIBER.EVAL_PER_EPOCH = -1.0
+    # Official USE_AUTOSTEP (ODinW): after warm-up, LR x GAMMA when the validation metric has not
+    # improved for STEP_PATIENCE evaluations (ReduceLROnPlateau, mode max), never below MIN_LR.
+    cfg.SOLVER.FIBER.USE_AUTOSTEP = False
+    cfg.SOLVER.FIBER.STEP_PATIENCE = 5
+    cfg.SOLVER.FIBER.MIN_LR = 1e-6
+    # Metric driving the plateau schedule, early termination and model_best (flattened results
+    # key, e.g. "bbox/AP"; with several test sets, of the first one).
+    cfg.SOLVER.FIBER.MONITOR_METRIC = "bbox/AP"
+    # > 0: stop when the metric has not improved for this many evaluations (official
+    # AUTO_TERMINATE_PATIENCE; ODinW: 8); the best model is saved as model_best.pth.
+    cfg.SOLVER.FIBER.AUTO_TERMINATE_PATIENCE = -1
+    # Model EMA decay (official MODEL_EMA; 0.999 in pre-training and COCO/LVIS/RefCOCO, 0 = off).
+    # The average (every floating-point state_dict entry) is saved as "model_ema".
+    cfg.SOLVER.FIBER.MODEL_EMA = 0.0
+    # Evaluate with the EMA weights (training evaluations and --eval-only; official
+    # USE_EMA_FOR_MONITOR).
+    cfg.SOLVER.FIBER.USE_EMA_FOR_EVAL = False
+    # A batch whose images without boxes exceed this fraction (or are all of it) is replaced by
+    # the next batch (official MAX_NEG_PER_BATCH 0.1 skips it); >= 1 keeps every batch.
+    cfg.SOLVER.FIBER.MAX_NEG_PER_BATCH = 0.1
+    # Reseed the RNGs at every iteration from (SEED, iteration, rank) and every image from
+    # (SEED, its position in the sample stream), so that --resume continues exactly (SEED >= 0).
+    cfg.SOLVER.FIBER.SEED_PER_ITERATION = True
+    # Iterations between two log lines / metrics.json records.
+    cfg.SOLVER.FIBER.LOG_PERIOD = 20
+    # DistributedDataParallel(find_unused_parameters=...) (official FIND_UNUSED_PARAMETERS).
+    cfg.SOLVER.FIBER.FIND_UNUSED_PARAMETERS = False
+
+
+def _add_train_keys(cfg: CN) -> None:
+    # Training-time freezes (fiber_det.engine.freeze). Frozen modules also stay in eval mode.
+    # The whole Swin, its image-to-text fusion included (official MODEL.BACKBONE.FREEZE).
+    cfg.MODEL.SWIN.FREEZE = False
+    # The FPN (official MODEL.FPN.FREEZE) and the DyHead head (official MODEL.RPN.FREEZE).
+    cfg.MODEL.FPN.FREEZE = False
+    cfg.MODEL.DYHEAD.FREEZE = False
+    # Official linear probe (MODEL.LINEAR_PROB): only the final prediction layers train
+    # (head.bbox_pred, head.centerness, head.text_proj, head.log_scale, head.bias_lang,
+    # head.bias0). MODEL.FIBER.USE_PROMPT_TUNING on its own trains only the prompt offsets
+    # (GLIP "language_prompt_v2"); with LINEAR_PROBE both (GLIP "language_prompt_v4").
+    cfg.MODEL.FIBER.LINEAR_PROBE = False
+
+    cfg.DATALOADER.FIBER = CN()
+    # Whole-number copies of each DATASETS.TRAIN entry in the concatenated training set
+    # (official *_COPY / GENERAL_COPY); [] = 1 each.
+    cfg.DATALOADER.FIBER.COPIES = []
+    # Not official: draw each image's dataset with these probabilities (one per DATASETS.TRAIN
+    # entry) instead of concatenating; [] = concatenation.
+    cfg.DATALOADER.FIBER.SAMPLING_RATIOS = []
+    # > 0: keep only enough images for this many boxes-containing images per category (official
+    # FEW_SHOT, ODinW 1/3/5/10-shot), after a shuffle with FEW_SHOT_SEED (0 = file order).
+    cfg.DATALOADER.FIBER.FEW_SHOT = 0
+    cfg.DATALOADER.FIBER.FEW_SHOT_SEED = 0
+
+    # A dataset of your own, registered from the config as "custom_train" / "custom_val"
+    # (tools/train_net.py; configs/fiber_b/custom_finetune.yaml): COCO-format detection json or
+    # MDETR-format grounding json ("grounding").
+    cfg.DATASETS.CUSTOM = CN()
+    cfg.DATASETS.CUSTOM.FORMAT = "detection"
+    cfg.DATASETS.CUSTOM.TRAIN_JSON = ""
+    cfg.DATASETS.CUSTOM.TRAIN_IMAGES = ""
+    cfg.DATASETS.CUSTOM.VAL_JSON = ""
+    cfg.DATASETS.CUSTOM.VAL_IMAGES = ""
+    # Evaluator of custom_val ("coco" box AP for detection, "grounding" recall for grounding).
+    cfg.DATASETS.CUSTOM.EVALUATOR_TYPE = "coco"
+    # Detection training prompts: "full" (every category) or "sampled" (large vocabularies).
+    cfg.DATASETS.CUSTOM.TRAIN_PROMPT = "full"
 
 
 def _add_test_keys(cfg: CN) -> None:
     cfg.TEST.FIBER = CN()
-    # Categories per prompt for large vocabularies (official LVIS: 40, i.e. 31 prompts);
-    # -1 puts all categories in one prompt (an error if they do not fit).
+    # Categories per prompt for large vocabularies (official LVIS: 40, i.e. 31 prompts); <= 0
+    # packs consecutive names greedily up to the token budget (one prompt when all fit), as
+    # fiber_det.text.chunk_names does. The outputs of all prompts of an image are merged.
     cfg.TEST.FIBER.CHUNK_SIZE = -1
+    # LVIS: Fixed AP (Dave et al. 2021; official FIBER protocol): the top LVIS_FIXED_AP_TOPK
+    # detections of each category over the whole dataset, no per-image cap. False: standard LVIS
+    # AP, the top LVIS_MAX_DETS_PER_IMAGE detections of each image (chunks merged).
+    cfg.TEST.FIBER.LVIS_USE_FIXED_AP = True
+    cfg.TEST.FIBER.LVIS_FIXED_AP_TOPK = 10000
+    cfg.TEST.FIBER.LVIS_MAX_DETS_PER_IMAGE = 300
+    # Flickr30k Entities: "any" (a hit is IoU >= threshold with any GT box of the phrase; MDETR's
+    # and FIBER's reported protocol) or "merged" (with the box enclosing the phrase's GT boxes).
+    cfg.TEST.FIBER.FLICKR_PROTOCOL = "any"
+    # Recall@k levels of phrase grounding (Flickr and "grounding" datasets); -1 is the upper bound.
+    cfg.TEST.FIBER.FLICKR_TOPK = [1, 5, 10, -1]
+    # Precision@k levels of RefCOCO/+/g (reported with GIoU, official, and with IoU).
+    cfg.TEST.FIBER.REFEXP_TOPK = [1, 5, 10]
+    # (G)IoU of a hit for Flickr30k, RefCOCO and phrase-grounding recall.
+    cfg.TEST.FIBER.GROUNDING_IOU_THRESHOLD = 0.5
+    # COCO-O effective robustness needs the clean COCO val AP (points) of the same model and
+    # prompt; < 0 takes it from a "coco" dataset evaluated in the same run (DATASETS.TEST).
+    cfg.TEST.FIBER.COCO_O_CLEAN_AP = -1.0

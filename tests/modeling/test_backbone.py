@@ -1,0 +1,212 @@
+"""The fusion backbone: layout, gates, the split forward, and any fusion size."""
+
+import time
+
+import pytest
+import torch
+from detectron2.modeling import build_backbone
+
+from fiber_det.modeling.backbone import FIBERBackbone
+from fiber_det.modeling.backbone.roberta import position_ids_from_input_ids
+from fiber_det.utils.testing import get_config, get_tiny_config
+
+
+def _text(batch=2, length=16, vocab=900):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    ids[:, 0] = 0
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if batch > 1:  # the second prompt is shorter: padded
+        ids[1, 10] = 2
+        ids[1, 11:] = 1
+        mask[1, 11:] = 0
+    return ids, mask
+
+
+def _open_gates(backbone: FIBERBackbone, value=0.7):
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if name.endswith(("alpha_i2t", "alpha_t2i")):
+                p.fill_(value)
+
+
+@pytest.fixture
+def tiny_backbone(tiny_cfg):
+    return build_backbone(tiny_cfg).eval()
+
+
+def test_tiny_forward_backward_on_cpu_in_seconds(tiny_cfg):
+    bb = build_backbone(tiny_cfg).train()
+    _open_gates(bb)
+    images = torch.randn(2, 3, 128, 160)
+    ids, mask = _text()
+    start = time.perf_counter()
+    feats, text = bb(images, ids, mask)
+    loss = sum(f.float().mean() for f in feats.values()) + text.embedded.mean()
+    loss.backward()
+    assert time.perf_counter() - start < 10.0
+    shapes = bb.output_shape()
+    assert list(feats) == ["p3", "p4", "p5", "p6", "p7"]
+    for name, f in feats.items():
+        stride = shapes[name].stride
+        assert f.shape == (2, shapes[name].channels, -(-128 // stride), -(-160 // stride))
+    assert text.hidden.shape == (2, 16, tiny_cfg.MODEL.LANGUAGE.HIDDEN_SIZE)
+    # gradients reach both modalities and both directions of the fusion
+    grads = {n: p.grad for n, p in bb.named_parameters()}
+    for key in (
+        "attn.qkv_i2t.weight",
+        "crossattention_t2i.self.query.weight",
+        "patch_embed.proj.weight",
+    ):
+        g = [v for n, v in grads.items() if key in n]
+        assert g and all(v is not None and v.abs().sum() > 0 for v in g), key
+
+
+def test_gates_start_closed_so_fusion_is_identity_at_init(tiny_backbone):
+    """alpha = 0: image features ignore the prompt and text features ignore the image; opening
+    the gates couples them."""
+    bb = tiny_backbone
+    image_a, image_b = torch.randn(1, 3, 96, 96), torch.randn(1, 3, 96, 96)
+    ids, mask = _text(batch=1)
+    other_ids = ids.clone()
+    other_ids[0, 1:8] = torch.arange(100, 107)
+
+    def run():
+        with torch.no_grad():
+            return bb(image_a, ids, mask), bb(image_b, ids, mask), bb(image_a, other_ids, mask)
+
+    (fa, ta), (fb, tb), (fc, tc) = run()
+    assert torch.equal(ta.hidden, tb.hidden)  # the image does not reach the text
+    assert all(torch.equal(fa[k], fc[k]) for k in fa)  # the prompt does not reach the image
+    _open_gates(bb)
+    (fa, ta), (fb, tb), (fc, tc) = run()
+    assert (ta.hidden - tb.hidden).abs().max() > 1e-4
+    assert (fa["p5"] - fc["p5"]).abs().max() > 1e-4
+
+
+def test_split_forward_equals_full_forward_and_shares_one_image(tiny_backbone):
+    bb = tiny_backbone
+    _open_gates(bb)
+    image = torch.randn(1, 3, 128, 128)
+    ids, mask = _text(batch=2)
+    with torch.no_grad():
+        state = bb.encode_image(image)
+        shared_feats, shared_text = bb.fuse(state, bb.encode_text(ids, mask))
+        for i in range(2):
+            feats, text = bb(image, ids[i : i + 1], mask[i : i + 1])
+            for name in feats:
+                assert torch.allclose(feats[name][0], shared_feats[name][i], atol=1e-5), name
+            assert torch.allclose(text.hidden[0], shared_text.hidden[i], atol=1e-5)
+
+
+def test_fiber_b_layout_matches_the_official_model():
+    """Fused blocks/layers, widths and parameter counts of official FIBER-B (anatomy 2.2, 2.7)."""
+    bb = build_backbone(get_config("fiber_b/official_parity_v2.yaml"))
+    fused_blocks = sorted(
+        n[: -len(".attn.alpha_i2t")]
+        for n, _ in bb.body.named_parameters()
+        if n.endswith("alpha_i2t")
+    )
+    assert fused_blocks == [f"layers.2.blocks.{b}" for b in (14, 15, 16, 17)] + [
+        "layers.3.blocks.0",
+        "layers.3.blocks.1",
+    ]
+    fused_layers = {
+        int(n.split(".")[2]): p.shape[1]
+        for n, p in bb.language.named_parameters()
+        if n.endswith("crossattention_t2i.self.key.weight")
+    }
+    assert fused_layers == {6: 512, 7: 512, 8: 512, 9: 512, 10: 1024, 11: 1024}
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert round(count(bb.body) / 1e6, 2) == 99.48
+    assert round(count(bb.language) / 1e6, 2) == 137.44
+    assert round(count(bb.fpn) / 1e6, 2) == 3.41
+    v3 = build_backbone(get_config("fiber_b/official_parity_v3.yaml"))
+    assert count(v3) - count(bb) == 8192  # six LayerNorms on the i2t query (anatomy 2.7)
+
+
+@pytest.mark.parametrize("num_fused,text_layers", [(0, 3), (1, 3), (3, 3), (5, 5)])
+def test_any_number_of_fused_layers(tokenizer_dir, num_fused, text_layers):
+    """0 = no fusion; 5 = every Swin block of the tiny model, stage 0 included."""
+    cfg = get_tiny_config(
+        tokenizer_dir,
+        ["MODEL.FIBER.NUM_FUSION_LAYERS", num_fused, "MODEL.LANGUAGE.NUM_LAYERS", text_layers],
+    )
+    bb = build_backbone(cfg).eval()
+    n_alpha = sum(1 for n, _ in bb.named_parameters() if n.endswith("alpha_i2t"))
+    assert n_alpha == num_fused
+    ids, mask = _text(batch=1)
+    with torch.no_grad():
+        feats, text = bb(torch.randn(1, 3, 64, 96), ids, mask)
+    assert feats["p3"].shape[-2:] == (8, 12)
+
+
+def test_fusion_count_larger_than_the_text_encoder_is_a_clear_error(tokenizer_dir):
+    cfg = get_tiny_config(tokenizer_dir, ["MODEL.FIBER.NUM_FUSION_LAYERS", 4])
+    with pytest.raises(ValueError, match="fused layers requested but RoBERTa has 3"):
+        build_backbone(cfg)
+
+
+def test_any_swin_and_roberta_size(tokenizer_dir):
+    cfg = get_tiny_config(
+        tokenizer_dir,
+        [
+            "MODEL.SWIN.EMBED_DIM",
+            48,
+            "MODEL.SWIN.DEPTHS",
+            [2, 2, 2, 2],
+            "MODEL.SWIN.NUM_HEADS",
+            [3, 6, 12, 24],
+            "MODEL.SWIN.WINDOW_SIZE",
+            7,
+            "MODEL.LANGUAGE.HIDDEN_SIZE",
+            96,
+            "MODEL.LANGUAGE.NUM_LAYERS",
+            4,
+            "MODEL.LANGUAGE.NUM_HEADS",
+            3,
+            "MODEL.FIBER.NUM_FUSION_LAYERS",
+            3,
+            "MODEL.FIBER.FUSION_VERSION",
+            "v3",
+        ],
+    )
+    bb = build_backbone(cfg).eval()
+    ids, mask = _text(batch=1)
+    with torch.no_grad():
+        feats, text = bb(torch.randn(1, 3, 96, 64), ids, mask)
+    assert text.hidden.shape[-1] == 96
+    assert feats["p5"].shape == (1, 64, 3, 2)
+
+
+def test_roberta_positions_start_after_padding_idx():
+    ids = torch.tensor([[0, 10, 11, 2, 1, 1]])
+    assert position_ids_from_input_ids(ids, 1).tolist() == [[2, 3, 4, 5, 1, 1]]
+
+
+# -- bad input ----------------------------------------------------------------------------------
+def test_image_not_multiple_of_32_is_a_clear_error(tiny_backbone):
+    ids, mask = _text(batch=1)
+    with pytest.raises(ValueError, match=r"100x128 is not a multiple of 32.*size_divisibility=32"):
+        tiny_backbone(torch.randn(1, 3, 100, 128), ids, mask)
+
+
+def test_empty_prompt_is_a_clear_error(tiny_backbone):
+    ids, mask = _text(batch=2)
+    mask[1] = 0
+    with pytest.raises(ValueError, match=r"empty prompt .* batch items \[1\]"):
+        tiny_backbone(torch.randn(2, 3, 64, 64), ids, mask)
+
+
+def test_prompt_longer_than_the_position_table_is_a_clear_error(tiny_backbone):
+    ids, mask = _text(batch=1, length=200)  # tiny: 130 positions -> at most 128 tokens
+    with pytest.raises(
+        ValueError, match=r"200 tokens exceeds the text encoder's maximum of 128.*tokenize_prompts"
+    ):
+        tiny_backbone(torch.randn(1, 3, 64, 64), ids, mask)
+
+
+def test_mismatched_batches_are_a_clear_error(tiny_backbone):
+    ids, mask = _text(batch=2)
+    with pytest.raises(ValueError, match="batch of 3 images and 2 prompts"):
+        tiny_backbone(torch.randn(3, 3, 64, 64), ids, mask)
