@@ -1,0 +1,98 @@
+"""Measurement helpers for tools/benchmark.py: latency (median after warm-up) and peak memory.
+
+Latency comparisons are made in the same run as ratios, since the machine may be shared.
+Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size above the level
+before the measurement, sampled every few milliseconds from ``/proc/self/statm``.
+"""
+
+import os
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List
+
+import torch
+
+__all__ = ["machine_description", "measure", "peak_memory_mb", "rss_mb"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@contextmanager
+def peak_memory_mb(device: torch.device) -> Iterator[Dict[str, float]]:
+    """Context manager filling ``result["peak_mb"]`` with the peak memory used inside it."""
+    result: Dict[str, float] = {"peak_mb": 0.0}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return
+    base = rss_mb()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_mb"] = max(peak[0], rss_mb()) - base
+
+
+def measure(
+    fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1
+) -> Dict[str, object]:
+    """Median latency (s) of ``fn`` over ``repeats`` runs after ``warmup`` runs, and the peak
+    memory (MB) of the timed runs."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    with peak_memory_mb(device) as mem:
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "times_s": times, "peak_mb": mem["peak_mb"]}
+
+
+def machine_description(device: torch.device) -> str:
+    """CPU model, cores, torch threads and version, and the GPU if one is used."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    text = (
+        f"{cpu or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}"
+    )
+    if device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text
