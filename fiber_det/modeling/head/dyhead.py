@@ -100,12 +100,15 @@ class ModulatedDeformConv3x3(nn.Module):
         impl = self.impl
         if impl == "auto":
             impl = "torchvision" if x.is_cuda else "grid_sample"
-        if impl == "grid_sample":
-            out = deform_conv3x3_grid_sample(x, offset, mask, self.weight, self.bias, self.stride)
-        else:
-            out = deform_conv2d(
-                x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask
-            )
+        with torch.autocast(x.device.type, enabled=False):  # fp32 under AMP, as officially
+            if impl == "grid_sample":
+                out = deform_conv3x3_grid_sample(
+                    x, offset, mask, self.weight, self.bias, self.stride
+                )
+            else:
+                out = deform_conv2d(
+                    x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask
+                )
         return self.norm(out)
 
 

@@ -134,10 +134,11 @@ class FIBERLoss:
             dict: ``loss_dot_product_token``, ``loss_reg``, ``loss_centerness``.
         """
         num_images, num_tokens = text_mask.shape
-        all_anchors = torch.cat(list(anchors))
-        reg = torch.cat([r.flatten(2) for r in box_regression], dim=2).transpose(1, 2)  # (B, A, 4)
-        ctr = torch.cat([c.flatten(2) for c in centerness], dim=2).reshape(num_images, -1)
-        logit = torch.cat(list(logits), dim=1)  # (B, A, T)
+        all_anchors = torch.cat(list(anchors)).float()
+        # losses in fp32 under AMP, as the official custom_fwd(cast_inputs=float32)
+        reg = torch.cat([r.flatten(2) for r in box_regression], dim=2).transpose(1, 2).float()
+        ctr = torch.cat([c.flatten(2) for c in centerness], dim=2).reshape(num_images, -1).float()
+        logit = torch.cat(list(logits), dim=1).float()  # (B, A, T)
 
         token_targets, reg_targets, positive = [], [], []
         for i in range(num_images):

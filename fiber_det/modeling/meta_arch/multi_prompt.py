@@ -35,7 +35,7 @@ class TextStateCache:
 
     def __init__(self, capacity: int = 128):
         self.capacity = capacity
-        self._store: "OrderedDict[Tuple, TextState]" = OrderedDict()
+        self._store: OrderedDict[Tuple, TextState] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
