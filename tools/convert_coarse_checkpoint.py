@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Convert a coarse-grained FIBER checkpoint into the initialisation of the fine-grained model.
+
+    python tools/convert_coarse_checkpoint.py fiber_coarse_init.pt output/fiber_coarse_init_d2.pth
+    python tools/convert_coarse_checkpoint.py fiber_coarse_init_for_refexp.pt out.pth \\
+        --fusion-version v3
+
+Stage 1 -> 2 of FIBER's two-stage training: ``vit_model.*`` -> ``backbone.body.*`` (Swin and its
+image-to-text fusion), ``text_transformer.*`` -> ``backbone.language.*`` (RoBERTa and its
+text-to-image fusion); the FPN and the head start from scratch. A report of what was loaded, what
+was skipped (coarse-only modules, ...) and what starts from scratch is printed. The output loads
+with ``MODEL.WEIGHTS`` (so does the coarse file itself: the same conversion runs on load).
+Lightning ``.ckpt`` files hold Python objects besides tensors: ``--allow-pickle`` loads them
+(only for files you trust).
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from detectron2.modeling import build_model
+
+from fiber_det.checkpoint.coarse import convert_coarse_state_dict, read_coarse_checkpoint
+from fiber_det.utils.io import atomic_torch_save
+from fiber_det.utils.testing import get_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("input", help="coarse-grained FIBER checkpoint (.pt / .ckpt)")
+    p.add_argument("output", help="where to write the fiber_det checkpoint")
+    p.add_argument(
+        "--config-file",
+        default=str(REPO / "configs" / "fiber_b" / "Base-FIBER-B.yaml"),
+        help="config of the target model (default: FIBER-B)",
+    )
+    p.add_argument(
+        "--fusion-version",
+        choices=("v2", "v3"),
+        default=None,
+        help="v2 (fiber_coarse_init.pt -> fiber_coarse_then_fine) or v3 (refexp runs; uses the "
+        "i2t query LayerNorm of the coarse model); default: the config's",
+    )
+    p.add_argument("--allow-pickle", action="store_true", help="torch.load(weights_only=False)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opts = ["MODEL.DEVICE", "cpu"]
+    if args.fusion_version:
+        opts += ["MODEL.FIBER.FUSION_VERSION", args.fusion_version]
+    cfg = get_config(str(Path(args.config_file).resolve()), opts)
+    model = build_model(cfg)
+    state = read_coarse_checkpoint(args.input, allow_pickle=args.allow_pickle)
+    mapped, report = convert_coarse_state_dict(state, model, source=args.input)
+    print(report.format())
+    atomic_torch_save(
+        {"model": mapped, "__author__": "FIBER coarse-grained, converted by fiber_det"},
+        args.output,
+    )
+    print(f"wrote {len(mapped)} tensors to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

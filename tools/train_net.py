@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Train or evaluate FIBER with detectron2 (every published recipe is one command).
+
+Fine-grained pre-training on 64 GPUs (16 per node, 4 nodes), from the coarse-grained checkpoint:
+
+    python tools/train_net.py --num-gpus 16 --num-machines 4 --machine-rank R --dist-url URL \\
+        --config-file configs/fiber_b/pretrain_o365_goldg_flickr.yaml \\
+        MODEL.WEIGHTS fiber_coarse_init.pt
+
+Fine-tuning (configs/fiber_b/*_finetune.yaml give the command of each recipe), e.g. COCO:
+
+    python tools/train_net.py --num-gpus 16 --config-file configs/fiber_b/coco_finetune.yaml \\
+        MODEL.WEIGHTS fiber_coarse_then_fine.pth
+
+Your own COCO-format data on one GPU: configs/fiber_b/custom_finetune.yaml. Evaluation only:
+
+    python tools/train_net.py --eval-only --config-file configs/fiber_b/coco_finetune.yaml \\
+        MODEL.WEIGHTS fiber_coco.pth
+
+``--resume`` continues from ``OUTPUT_DIR/last_checkpoint`` at the next iteration. On CPU, use
+``MODEL.DEVICE cpu`` (``--num-gpus N`` then starts N processes with the gloo backend).
+"""
+
+import logging
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from fiber_det import add_fiber_config
+from fiber_det.checkpoint import FIBERCheckpointer
+from fiber_det.engine import Trainer, load_ema_weights, register_custom_datasets
+from fiber_det.evaluation import log_benchmark_summary
+
+logger = logging.getLogger("fiber_det")
+
+
+def setup(args):
+    """Config from the file and the command line, logging, output folder."""
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_det")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        register_custom_datasets(cfg)
+        model = Trainer.build_model(cfg)
+        checkpointer = FIBERCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if cfg.SOLVER.FIBER.USE_EMA_FOR_EVAL and not load_ema_weights(model, checkpoint):
+            logger.warning("SOLVER.FIBER.USE_EMA_FOR_EVAL: the checkpoint has no model_ema")
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+            log_benchmark_summary(cfg, res)  # ODinW-13 mean, COCO-O mean and robustness
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
