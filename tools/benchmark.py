@@ -83,8 +83,8 @@ def lvis_style_prompts(tokenizer, num_prompts, names_per_prompt, max_len, pad_to
         names = []
         for i in range(names_per_prompt):
             k = p * names_per_prompt + i
-            n = 1 + k % 3
-            names.append(" ".join(words[(k * 7 + j * 13) % len(words)] for j in range(n)) + f" {k}")
+            n = 1 + k % 2  # LVIS names are 1-3 words; 40 of them fit the 256-token budget
+            names.append(" ".join(words[(k * 7 + j * 13 + p) % len(words)] for j in range(n)))
         prompt = build_detection_prompt(names)
         tok = tokenize_prompts(
             tokenizer, [prompt.caption], max_length=max_len, pad_to_max=pad_to_max

@@ -129,6 +129,8 @@ def unmatched_detections(
     corners within ``box_tol`` px), matched one to one, order-free. Empty when A == B."""
     if len(boxes_a) != len(boxes_b):
         return [f"{len(boxes_a)} vs {len(boxes_b)} detections"]
+    boxes_a, scores_a, labels_a = boxes_a.cpu(), scores_a.cpu(), labels_a.cpu()
+    boxes_b, scores_b, labels_b = boxes_b.cpu(), scores_b.cpu(), labels_b.cpu()
     unused = torch.ones(len(boxes_b), dtype=torch.bool)
     missing = []
     for box, score, label in zip(boxes_a, scores_a, labels_a):
