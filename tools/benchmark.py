@@ -60,6 +60,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-options", action="store_true", help="skip the AMP / channels-last rows")
     p.add_argument("--output", default="output/benchmark/benchmark.json")
     p.add_argument("--quick", action="store_true", help="tiny config, small sizes (smoke test)")
+    p.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="CUDA: disable TF32 in convolutions and matmuls (cuDNN uses TF32 convolutions by "
+        "default; batched and single-prompt convolutions then round differently, ~3e-4 on "
+        "logits, so the identity check needs --no-tf32)",
+    )
     return p.parse_args(argv)
 
 
@@ -317,10 +324,18 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = not args.no_tf32
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_test_tokenizer(tmp)
         res = {
-            "machine": machine_description(device),
+            "machine": machine_description(device)
+            + (
+                f", TF32 {'off' if args.no_tf32 else 'on (cuDNN default)'}"
+                if device.type == "cuda"
+                else ""
+            ),
             "config": args.config_file,
             "size": args.size,
             "names_per_prompt": args.names_per_prompt,
