@@ -12,15 +12,15 @@ test:  ## the test suite (CPU, tiny models, parity fixtures from ../shared/parit
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo:  ## synthetic grounding demo: generate data, train the tiny model on CPU, evaluate
-	$(PY) tools/demo_synthetic.py --output output/demo
+	$(PY) tools/demo_synthetic.py --output output/demo $(DEMO_ARGS)
 
 lint:
-	$(PY) -m ruff check fiber_det tools tests datasets
-	$(PY) -m ruff format --check fiber_det tools tests datasets
+	$(PY) -m ruff check fiber_det tools tests datasets dev
+	$(PY) -m ruff format --check fiber_det tools tests datasets dev
 
 format:
-	$(PY) -m ruff format fiber_det tools tests datasets
-	$(PY) -m ruff check --fix fiber_det tools tests datasets
+	$(PY) -m ruff format fiber_det tools tests datasets dev
+	$(PY) -m ruff check --fix fiber_det tools tests datasets dev
 
 benchmark:  ## speed / memory / FLOPs table (tools/benchmark.py --help for options)
 	$(PY) tools/benchmark.py

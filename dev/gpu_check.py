@@ -14,7 +14,6 @@ Results: JSON files and a log in ``--out``.
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -58,9 +57,13 @@ def parity_on_device(device, impls, log):
     for path in sorted((parity_dir() / "fixtures").glob("*.pt")):
         fx = torch.load(path, weights_only=False)
         meta = fx["meta"]
-        sd = synth.make_state_dict(str(parity_dir() / f"official_keys_{meta['variant']}.json"), meta["seed"])
+        sd = synth.make_state_dict(
+            str(parity_dir() / f"official_keys_{meta['variant']}.json"), meta["seed"]
+        )
         for impl in impls:
-            cfg = get_config(f"fiber_b/official_parity_{meta['variant']}.yaml", ["MODEL.DYHEAD.DCN_IMPL", impl])
+            cfg = get_config(
+                f"fiber_b/official_parity_{meta['variant']}.yaml", ["MODEL.DYHEAD.DCN_IMPL", impl]
+            )
             cfg.MODEL.DEVICE = device
             model = build_model(cfg).eval()
             converted, _ = convert_official_state_dict(sd, meta["variant"])
@@ -69,14 +72,23 @@ def parity_on_device(device, impls, log):
             feats, text, out = _outputs(model, x)
             n = fx["n_valid_tokens"]
             r = {"fixture": path.stem, "dcn": impl}
-            r["fpn"] = max((f.cpu() - g).abs().max().item() for f, g in zip(feats.values(), fx["fpn"]))
+            r["fpn"] = max(
+                (f.cpu() - g).abs().max().item() for f, g in zip(feats.values(), fx["fpn"])
+            )
             r["text"] = (text.hidden.cpu() - fx["text_hidden"]).abs().max().item()
             r["logits"] = max(
-                (a[..., :n].cpu() - b).abs().max().item() for a, b in zip(out.logits, fx["dot_product_logits"])
+                (a[..., :n].cpu() - b).abs().max().item()
+                for a, b in zip(out.logits, fx["dot_product_logits"])
             )
             r["box_ctr"] = max(
-                max((a.cpu() - b).abs().max().item() for a, b in zip(out.box_regression, fx["box_regression"])),
-                max((a.cpu() - b).abs().max().item() for a, b in zip(out.centerness, fx["centerness"])),
+                max(
+                    (a.cpu() - b).abs().max().item()
+                    for a, b in zip(out.box_regression, fx["box_regression"])
+                ),
+                max(
+                    (a.cpu() - b).abs().max().item()
+                    for a, b in zip(out.centerness, fx["centerness"])
+                ),
             )
             with torch.no_grad():
                 inst = model([x])[0]["instances"].to("cpu")
@@ -84,17 +96,30 @@ def parity_on_device(device, impls, log):
             r["detections"] = f"{len(inst)} vs {len(ref['scores'])}"
             r["unmatched"] = len(
                 unmatched_detections(
-                    ref["boxes_xyxy"], ref["scores"], ref["labels"],
-                    inst.pred_boxes.tensor, inst.scores, inst.pred_classes + 1,
+                    ref["boxes_xyxy"],
+                    ref["scores"],
+                    ref["labels"],
+                    inst.pred_boxes.tensor,
+                    inst.scores,
+                    inst.pred_classes + 1,
                 )
             )
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"):
+            with (
+                torch.no_grad(),
+                torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"),
+            ):
                 amp = model([x])[0]["instances"].to("cpu")
             r["amp_fp16_detections"] = len(amp)
             r["amp_fp16_unmatched_at_1e-2"] = len(
                 unmatched_detections(
-                    inst.pred_boxes.tensor, inst.scores, inst.pred_classes,
-                    amp.pred_boxes.tensor, amp.scores, amp.pred_classes, box_tol=1.0, score_tol=1e-2,
+                    inst.pred_boxes.tensor,
+                    inst.scores,
+                    inst.pred_classes,
+                    amp.pred_boxes.tensor,
+                    amp.scores,
+                    amp.pred_classes,
+                    box_tol=1.0,
+                    score_tol=1e-2,
                 )
             )
             t = fx["train_targets"]
@@ -124,7 +149,9 @@ def main(argv=None):
     p.add_argument("--out", default="output/gpu_check")
     p.add_argument("--device", default="cuda")
     p.add_argument("--skip-benchmark", action="store_true")
-    p.add_argument("--benchmark-args", default="--size 512 --prompts 1 8 31 --repeats 5 --repeats-large 3")
+    p.add_argument(
+        "--benchmark-args", default="--size 512 --prompts 1 8 31 --repeats 5 --repeats-large 3"
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,8 +178,12 @@ def main(argv=None):
         bench = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(bench)
         bench_args = args.benchmark_args.split() + [
-            "--device", args.device, "--output", str(out / "benchmark.json"),
-            "--train-configs", "fiber_b/official_parity_v2.yaml",
+            "--device",
+            args.device,
+            "--output",
+            str(out / "benchmark.json"),
+            "--train-configs",
+            "fiber_b/official_parity_v2.yaml",
         ]
         bench.main(bench_args)
         log(f"benchmark done at {time.time() - start:.0f}s")

@@ -31,19 +31,11 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomically(path: str, mode: str, write, umask: int) -> None:
-    """Write through a temporary file renamed over ``path``; permissions as a plain ``open``
-    would give (temporary files are created private)."""
+def _write_atomically(path: str, mode: str, write) -> None:
+    """Write through a temporary file renamed over ``path`` (:func:`atomic_open`)."""
     path = path.replace("file://", "", 1)
     with atomic_open(path, mode) as f:
         write(f)
-    os.chmod(path, 0o666 & ~umask)
 
 
 class FIBERTrainingCheckpointer(FIBERCheckpointer):
@@ -55,7 +47,6 @@ class FIBERTrainingCheckpointer(FIBERCheckpointer):
 
     def __init__(self, model, save_dir: str = "", **kwargs):
         super().__init__(model, save_dir, **kwargs)
-        self._umask = _current_umask()
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Write ``<save_dir>/<name>.pth`` atomically, then point ``last_checkpoint`` at it."""
@@ -69,7 +60,7 @@ class FIBERTrainingCheckpointer(FIBERCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
         if _is_local(save_file):
-            _write_atomically(save_file, "wb", lambda f: torch.save(data, f), self._umask)
+            _write_atomically(save_file, "wb", lambda f: torch.save(data, f))
         else:
             with self.path_manager.open(save_file, "wb") as f:
                 torch.save(data, f)
@@ -80,7 +71,7 @@ class FIBERTrainingCheckpointer(FIBERCheckpointer):
         if not _is_local(path):
             super().tag_last_checkpoint(last_filename_basename)
             return
-        _write_atomically(path, "w", lambda f: f.write(last_filename_basename), self._umask)
+        _write_atomically(path, "w", lambda f: f.write(last_filename_basename))
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         loaded = super()._load_file(filename)

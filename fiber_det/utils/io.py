@@ -12,6 +12,12 @@ import torch
 __all__ = ["atomic_open", "atomic_torch_save", "atomic_write_json"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: Union[str, Path], mode: str = "wb") -> Iterator:
     """Open a temporary file next to ``path``; on success rename it over ``path``."""
@@ -23,6 +29,7 @@ def atomic_open(path: Union[str, Path], mode: str = "wb") -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -79,3 +79,27 @@ def test_benchmark_tool_quick(tmp_path, capsys):
     cached = [r for r in res["inference"]["rows"] if r["path"] == "cached" and r["prompts"] == 3]
     assert cached and cached[0]["flop_bound"] > 1.0
     assert "| path | prompts |" in capsys.readouterr().out
+
+
+def test_atomic_writes_get_the_usual_permissions_and_leave_nothing_behind(tmp_path):
+    import os
+    import stat
+
+    from fiber_det.utils.io import atomic_torch_save, atomic_write_json
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_json({"a": 1}, tmp_path / "r.json")
+        atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "m.pth")
+    finally:
+        os.umask(mask)
+    for name in ("r.json", "m.pth"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+    with pytest.raises(RuntimeError):
+        with __import__("fiber_det.utils.io", fromlist=["atomic_open"]).atomic_open(
+            tmp_path / "r.json", "w"
+        ) as f:
+            f.write("partial")
+            raise RuntimeError("crash while writing")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}  # old content intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth", "r.json"]
