@@ -24,6 +24,7 @@ from .datasets import (
 )
 from .mapper import FIBERDatasetMapper
 from .prompting import EncodedPrompt, PromptEncoder
+from .synthetic import register_synthetic_datasets  # noqa: F401  registers the synthetic demo data
 from .transforms import build_fiber_augmentations
 
 __all__ = [

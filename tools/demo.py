@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Detect or ground with a FIBER model on your images: pictures with boxes and JSON detections.
+
+Detection with category names, phrase grounding with a caption (its noun phrases are found
+automatically), on files, folders or globs::
+
+    python tools/demo.py --config-file output/demo/config.yaml \\
+        --weights output/demo/model_final.pth --input datasets/synthetic/images/val \\
+        --categories "red circle" "blue square" --output output/demo_cli
+
+    python tools/demo.py --config-file configs/fiber_b/coco_finetune.yaml \\
+        --weights fiber_coco.pth --input "photos/*.jpg" \\
+        --prompt "a man with a red umbrella" --output output/photos --cpu
+
+Writes ``<image>.jpg`` (boxes at or above --confidence-threshold, drawn with detectron2's
+Visualizer) and ``<image>.json`` per image, and ``predictions.json`` for all. A vocabulary too
+long for one prompt is split into several prompts automatically.
+"""
+
+import argparse
+import logging
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+logger = logging.getLogger("fiber_det.demo")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True, help="model config (yaml)")
+    p.add_argument("--weights", default=None, help="checkpoint (overrides MODEL.WEIGHTS)")
+    p.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="a caption: phrase grounding of its noun phrases")
+    what.add_argument(
+        "--categories",
+        nargs="+",
+        help='category names: detection ("red circle" "blue square", or "red circle, blue square")',
+    )
+    p.add_argument("--output", default="output/predictions", help="default %(default)s")
+    p.add_argument("--cpu", action="store_true", help="run on CPU (MODEL.DEVICE cpu)")
+    p.add_argument("--confidence-threshold", type=float, default=0.5, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+def _categories(values):
+    if len(values) == 1 and "," in values[0]:
+        values = values[0].split(",")
+    return [v.strip() for v in values if v.strip()] or values
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from detectron2.utils.logger import setup_logger
+
+    from fiber_det.demo import collect_images, predict_images
+    from fiber_det.predictor import FIBERPredictor, load_config
+
+    setup_logger(name="fiber_det", abbrev_name="fiber")
+    setup_logger(name="detectron2", abbrev_name="d2")
+    prompt = args.prompt if args.prompt is not None else _categories(args.categories)
+    try:
+        files = collect_images(args.input)
+        cfg = load_config(
+            args.config_file, args.opts, weights=args.weights, device="cpu" if args.cpu else None
+        )
+        predictor = FIBERPredictor(cfg, batch_size=args.batch_size)
+        predictor.encode_prompt(prompt)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    records, failures = predict_images(
+        predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
+    )
+    logger.info(
+        "%d images written to %s (%d detections at >= %.2f)%s",
+        len(records),
+        args.output,
+        sum(len(r["detections"]) for r in records),
+        args.confidence_threshold,
+        f"; {len(failures)} unreadable images skipped" if failures else "",
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
