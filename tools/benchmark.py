@@ -23,7 +23,6 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from fiber_det.text import build_detection_prompt, spans_to_positive_map, tokenize_prompts
 from fiber_det.utils.benchmark import machine_description, measure
 from fiber_det.utils.flops import component_flops, multi_prompt_flop_bound
 from fiber_det.utils.io import atomic_write_json
@@ -31,6 +30,7 @@ from fiber_det.utils.testing import (
     TEST_VOCABULARY,
     build_test_tokenizer,
     get_config,
+    prompt_input,
     unmatched_detections,
 )
 
@@ -83,7 +83,7 @@ def _model(config_file, device, opts=()):
 
 
 def lvis_style_prompts(tokenizer, num_prompts, names_per_prompt, max_len, pad_to_max=True):
-    """``num_prompts`` prompts of ``names_per_prompt`` distinct 1-3 word names each."""
+    """``num_prompts`` prompts of ``names_per_prompt`` 1-2 word names each."""
     words = TEST_VOCABULARY
     prompts = []
     for p in range(num_prompts):
@@ -92,18 +92,7 @@ def lvis_style_prompts(tokenizer, num_prompts, names_per_prompt, max_len, pad_to
             k = p * names_per_prompt + i
             n = 1 + k % 2  # LVIS names are 1-3 words; 40 of them fit the 256-token budget
             names.append(" ".join(words[(k * 7 + j * 13 + p) % len(words)] for j in range(n)))
-        prompt = build_detection_prompt(names)
-        tok = tokenize_prompts(
-            tokenizer, [prompt.caption], max_length=max_len, pad_to_max=pad_to_max
-        )
-        pmap = spans_to_positive_map(tok.encodings, prompt.spans, tok.input_ids.shape[1])
-        prompts.append(
-            {
-                "input_ids": tok.input_ids[0],
-                "attention_mask": tok.attention_mask[0],
-                "positive_map": pmap,
-            }
-        )
+        prompts.append(prompt_input(tokenizer, names, max_len, pad_to_max))
     return prompts
 
 

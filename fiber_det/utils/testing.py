@@ -27,6 +27,7 @@ __all__ = [
     "get_tiny_config",
     "build_test_tokenizer",
     "detection_input",
+    "prompt_input",
     "unmatched_detections",
 ]
 
@@ -81,6 +82,23 @@ def get_tiny_config(tokenizer_dir=None, opts: List | None = None) -> CfgNode:
     return cfg
 
 
+def prompt_input(
+    tokenizer, names: Sequence[str], max_length: int = 64, pad_to_max: bool = True
+) -> Dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` (L,) and ``positive_map`` (len(names), L) of the
+    detection prompt of ``names`` (one entry of a model input's ``prompts``)."""
+    prompt = build_detection_prompt(names)
+    tok = tokenize_prompts(
+        tokenizer, [prompt.caption], max_length=max_length, pad_to_max=pad_to_max
+    )
+    pmap = spans_to_positive_map(tok.encodings, prompt.spans, tok.input_ids.shape[1])
+    return {
+        "input_ids": tok.input_ids[0],
+        "attention_mask": tok.attention_mask[0],
+        "positive_map": pmap,
+    }
+
+
 def detection_input(
     tokenizer,
     image: torch.Tensor,
@@ -94,17 +112,9 @@ def detection_input(
     With ``boxes`` (G, 4 xyxy) and ``box_labels`` (index into ``names``), adds training
     ``instances`` whose positive maps are the rows of the named labels.
     """
-    prompt = build_detection_prompt(names)
-    tok = tokenize_prompts(tokenizer, [prompt.caption], max_length=max_length)
-    pmap = spans_to_positive_map(tok.encodings, prompt.spans, tok.input_ids.shape[1])
-    out = {
-        "image": image,
-        "height": image.shape[-2],
-        "width": image.shape[-1],
-        "input_ids": tok.input_ids[0],
-        "attention_mask": tok.attention_mask[0],
-        "positive_map": pmap,
-    }
+    out = {"image": image, "height": image.shape[-2], "width": image.shape[-1]}
+    out.update(prompt_input(tokenizer, names, max_length))
+    pmap = out["positive_map"]
     if boxes is not None:
         inst = Instances(tuple(image.shape[-2:]))
         inst.gt_boxes = Boxes(boxes.float())

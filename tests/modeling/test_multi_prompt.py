@@ -3,26 +3,13 @@
 import torch
 from detectron2.modeling import build_model
 
-from fiber_det.text import build_detection_prompt, spans_to_positive_map, tokenize_prompts
-from fiber_det.utils.testing import unmatched_detections
+from fiber_det.utils.testing import prompt_input, unmatched_detections
 
 VOCAB = ["person", "bicycle", "car", "dog", "cat", "horse", "red circle", "blue square", "bench"]
 
 
 def _prompts(tokenizer, chunks, max_length=64, pad_to_max=True):
-    out = []
-    for names in chunks:
-        p = build_detection_prompt(names)
-        tok = tokenize_prompts(tokenizer, [p.caption], max_length=max_length, pad_to_max=pad_to_max)
-        pm = spans_to_positive_map(tok.encodings, p.spans, tok.input_ids.shape[1])
-        out.append(
-            {
-                "input_ids": tok.input_ids[0],
-                "attention_mask": tok.attention_mask[0],
-                "positive_map": pm,
-            }
-        )
-    return out
+    return [prompt_input(tokenizer, names, max_length, pad_to_max) for names in chunks]
 
 
 def _model(cfg, cached):
