@@ -149,9 +149,11 @@ def test_offset_reinterpretation_reads_flat_memory():
     assert r[1].flatten().tolist() == t[1].flatten()[:12].tolist()
 
 
+@pytest.mark.parametrize("band_rows", [None, 3, 1])
 @pytest.mark.parametrize("size,stride", [((20, 24), 1), ((20, 24), 2), ((5, 7), 2), ((3, 3), 1)])
-def test_grid_sample_deform_conv_equals_torchvision(size, stride):
-    """Values and gradients, with offsets large enough to leave the image."""
+def test_grid_sample_deform_conv_equals_torchvision(size, stride, band_rows):
+    """Values and gradients, with offsets large enough to leave the image; whole images and
+    cache-blocked bands of output rows (3 rows leaves an uneven last band)."""
     from torchvision.ops import deform_conv2d
 
     from fiber_det.modeling.head.dyhead import deform_conv3x3_grid_sample
@@ -166,7 +168,8 @@ def test_grid_sample_deform_conv_equals_torchvision(size, stride):
     bias = torch.randn(6, generator=g, requires_grad=True)
     inputs = (x, off, mask, weight, bias)
     ref = deform_conv2d(x, off, weight, bias, stride=stride, padding=1, mask=mask)
-    got = deform_conv3x3_grid_sample(x, off, mask, weight, bias, stride)
+    tile = None if band_rows is None else 8 * 9 * wo * band_rows
+    got = deform_conv3x3_grid_sample(x, off, mask, weight, bias, stride, tile_elements=tile)
     assert torch.allclose(got, ref, atol=1e-4)
     grads_ref = torch.autograd.grad(ref.square().sum(), inputs)
     grads_got = torch.autograd.grad(got.square().sum(), inputs)
