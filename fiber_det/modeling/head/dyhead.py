@@ -11,7 +11,8 @@ equivalent formulation with ``grid_sample`` + one matmul (bilinear sampling of t
 points with zero padding is exactly ``grid_sample(align_corners=True, padding_mode="zeros")``);
 it avoids torchvision's per-call zero-filled column buffers and is cache-blocked (one image and a
 band of output rows at a time); the README's benchmark table gives the whole-model CPU speed-up
-over torchvision's op (the "before" row of tools/benchmark.py). The two agree to ~1e-5 (float summation order).
+over torchvision's op (the "before" row of tools/benchmark.py). The two agree to ~1e-5 (float
+summation order).
 
 The official "next level" branch computes the offsets and masks on level l but runs the conv on
 level l+1 (half the size); the CUDA kernel never checks the offset size and reads the first
