@@ -25,7 +25,13 @@ from detectron2.utils.events import EventStorage
 
 from fiber_det.checkpoint import convert_official_state_dict
 from fiber_det.utils.io import atomic_write_json
-from fiber_det.utils.testing import REPO_ROOT, get_config, parity_dir, unmatched_detections
+from fiber_det.utils.testing import (
+    REPO_ROOT,
+    get_config,
+    parity_dir,
+    unmatched_detections,
+    unmatched_instances,
+)
 
 
 def _inputs(fx, device):
@@ -111,16 +117,7 @@ def parity_on_device(device, impls, log):
                 amp = model([x])[0]["instances"].to("cpu")
             r["amp_fp16_detections"] = len(amp)
             r["amp_fp16_unmatched_at_1e-2"] = len(
-                unmatched_detections(
-                    inst.pred_boxes.tensor,
-                    inst.scores,
-                    inst.pred_classes,
-                    amp.pred_boxes.tensor,
-                    amp.scores,
-                    amp.pred_classes,
-                    box_tol=1.0,
-                    score_tol=1e-2,
-                )
+                unmatched_instances(inst, amp, box_tol=1.0, score_tol=1e-2)
             )
             t = fx["train_targets"]
             gt = Instances(tuple(fx["image_bgr_hwc_uint8"].shape[:2]))

@@ -38,7 +38,7 @@ from fiber_det.utils.testing import (
     build_test_tokenizer,
     get_config,
     prompt_input,
-    unmatched_detections,
+    unmatched_instances,
 )
 
 logger = logging.getLogger("fiber_det.benchmark")
@@ -156,16 +156,7 @@ def bench_inference(args, device, tokenizer):
         speedup = r_naive["median_s"] / r_cached["median_s"]
         r_cached.update(speedup=speedup, flop_bound=bound, of_bound=speedup / bound)
         a, b = _infer(naive, image, prompts), _infer(cached, image, prompts)
-        missing = unmatched_detections(
-            a.pred_boxes.tensor,
-            a.scores,
-            a.pred_classes,
-            b.pred_boxes.tensor,
-            b.scores,
-            b.pred_classes,
-            box_tol=1e-2,
-            score_tol=1e-4,
-        )
+        missing = unmatched_instances(a, b, box_tol=1e-2, score_tol=1e-4)
         identity[p] = {"detections": len(a), "identical": not missing}
     params = {
         "total": sum(x.numel() for x in naive.parameters()),

@@ -29,6 +29,7 @@ __all__ = [
     "detection_input",
     "prompt_input",
     "unmatched_detections",
+    "unmatched_instances",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +159,18 @@ def unmatched_detections(
         best = cand[(scores_b[cand] - score).abs().argmin()]
         unused[best] = False
     return missing
+
+
+def unmatched_instances(a, b, box_tol: float = 0.01, score_tol: float = 1e-4) -> list:
+    """:func:`unmatched_detections` of two detectron2 ``Instances`` (``pred_boxes``, ``scores``,
+    ``pred_classes``)."""
+    return unmatched_detections(
+        a.pred_boxes.tensor,
+        a.scores,
+        a.pred_classes,
+        b.pred_boxes.tensor,
+        b.scores,
+        b.pred_classes,
+        box_tol=box_tol,
+        score_tol=score_tol,
+    )

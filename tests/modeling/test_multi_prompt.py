@@ -3,7 +3,7 @@
 import torch
 from detectron2.modeling import build_model
 
-from fiber_det.utils.testing import prompt_input, unmatched_detections
+from fiber_det.utils.testing import prompt_input, unmatched_instances
 
 VOCAB = ["person", "bicycle", "car", "dog", "cat", "horse", "red circle", "blue square", "bench"]
 
@@ -28,16 +28,7 @@ def _model(cfg, cached):
 
 def _same(a, b):
     """Same detections, order-free (near-tied scores may swap places)."""
-    missing = unmatched_detections(
-        a.pred_boxes.tensor,
-        a.scores,
-        a.pred_classes,
-        b.pred_boxes.tensor,
-        b.scores,
-        b.pred_classes,
-        box_tol=1e-3,
-        score_tol=1e-5,
-    )
+    missing = unmatched_instances(a, b, box_tol=1e-3, score_tol=1e-5)
     assert not missing, missing[:3]
 
 
