@@ -30,7 +30,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from fiber_det.utils.benchmark import machine_description, measure
+from fiber_det.utils.benchmark import machine_description, measure, measure_interleaved
 from fiber_det.utils.flops import component_flops, multi_prompt_flop_bound
 from fiber_det.utils.io import atomic_open, atomic_write_json
 from fiber_det.utils.testing import (
@@ -134,9 +134,12 @@ def bench_inference(args, device, tokenizer):
     all_prompts = lvis_style_prompts(tokenizer, max(args.prompts), args.names_per_prompt, max_len)
     one = all_prompts[:1]
     single = {"before (torchvision DCN)": before, "naive": naive, "cached": cached}
-    for name, model in single.items():
-        r = measure(lambda m=model: _infer(m, image, one), device, args.repeats)
-        rows.append({"path": name, "prompts": 1, **r})
+    timed = measure_interleaved(
+        {name: (lambda m=model: _infer(m, image, one)) for name, model in single.items()},
+        device,
+        args.repeats,
+    )
+    rows += [{"path": name, "prompts": 1, **r} for name, r in timed.items()]
     for p in args.prompts:
         prompts = all_prompts[:p]
         reps = args.repeats if p < 8 else args.repeats_large
@@ -147,11 +150,19 @@ def bench_inference(args, device, tokenizer):
             # warm-up: one prompt for the naive path (its prompts are independent forwards); the
             # whole set for the cached path, which fills the text cache as a first image would
             _infer(naive, image, one)
-            r_naive = measure(lambda ps=prompts: _infer(naive, image, ps), device, reps, warmup=0)
-            r_cached = measure(lambda ps=prompts: _infer(cached, image, ps), device, reps, warmup=1)
-            rows.append({"path": "naive", "prompts": p, **r_naive})
-            r_cached = {"path": "cached", "prompts": p, **r_cached}
-            rows.append(r_cached)
+            _infer(cached, image, prompts)
+            timed = measure_interleaved(
+                {
+                    "naive": lambda ps=prompts: _infer(naive, image, ps),
+                    "cached": lambda ps=prompts: _infer(cached, image, ps),
+                },
+                device,
+                reps,
+                warmup=0,
+            )
+            r_naive = {"path": "naive", "prompts": p, **timed["naive"]}
+            r_cached = {"path": "cached", "prompts": p, **timed["cached"]}
+            rows += [r_naive, r_cached]
         bound = multi_prompt_flop_bound(flops, p)
         speedup = r_naive["median_s"] / r_cached["median_s"]
         r_cached.update(speedup=speedup, flop_bound=bound, of_bound=speedup / bound)
@@ -173,12 +184,24 @@ def bench_options(args, device, tokenizer):
     model, cfg = _model(args.config_file, device)
     image = torch.rand(3, args.size, args.size, device=device) * 255
     one = lvis_style_prompts(tokenizer, 1, args.names_per_prompt, cfg.MODEL.LANGUAGE.MAX_QUERY_LEN)
-    base = measure(lambda: _infer(model, image, one), device, args.repeats)
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    with torch.autocast(device.type, dtype=dtype):
-        amp = measure(lambda: _infer(model, image, one), device, args.repeats)
-    model = model.to(memory_format=torch.channels_last)
-    cl = measure(lambda: _infer(model, image, one), device, args.repeats)
+    model_cl, _ = _model(args.config_file, device)
+    model_cl = model_cl.to(memory_format=torch.channels_last)
+
+    def amp_infer():
+        with torch.autocast(device.type, dtype=dtype):
+            return _infer(model, image, one)
+
+    timed = measure_interleaved(
+        {
+            "base": lambda: _infer(model, image, one),
+            "amp": amp_infer,
+            "cl": lambda: _infer(model_cl, image, one),
+        },
+        device,
+        args.repeats,
+    )
+    base, amp, cl = timed["base"], timed["amp"], timed["cl"]
     return [
         {"option": "fp32 (baseline)", **base, "ratio": 1.0},
         {

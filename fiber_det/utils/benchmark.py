@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterator, List
 
 import torch
 
-__all__ = ["machine_description", "measure", "peak_memory_mb", "rss_mb"]
+__all__ = ["machine_description", "measure", "measure_interleaved", "peak_memory_mb", "rss_mb"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -59,24 +59,40 @@ def peak_memory_mb(device: torch.device) -> Iterator[Dict[str, float]]:
         result["peak_mb"] = max(peak[0], rss_mb()) - base
 
 
+def measure_interleaved(
+    fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 3, warmup: int = 1
+) -> Dict[str, Dict[str, object]]:
+    """Median latency (s) and peak memory (MB, the largest of the timed calls) of each function,
+    timed in turns (a, b, c, a, b, c, ...) after ``warmup`` rounds, so that a slow spell of a
+    shared machine falls on all of them alike rather than on whichever ran last."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    peaks: Dict[str, float] = {k: 0.0 for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            with peak_memory_mb(device) as mem:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[name].append(time.perf_counter() - start)
+            peaks[name] = max(peaks[name], mem["peak_mb"])
+    return {
+        k: {"median_s": statistics.median(t), "times_s": t, "peak_mb": peaks[k]}
+        for k, t in times.items()
+    }
+
+
 def measure(
     fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1
 ) -> Dict[str, object]:
     """Median latency (s) of ``fn`` over ``repeats`` runs after ``warmup`` runs, and the peak
     memory (MB) of the timed runs."""
-    for _ in range(warmup):
-        fn()
-    times: List[float] = []
-    with peak_memory_mb(device) as mem:
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times, "peak_mb": mem["peak_mb"]}
+    return measure_interleaved({"fn": fn}, device, repeats, warmup)["fn"]
 
 
 def machine_description(device: torch.device) -> str:

@@ -138,3 +138,29 @@ def test_atomic_writes_get_the_usual_permissions_and_leave_nothing_behind(tmp_pa
             raise RuntimeError("crash while writing")
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}  # old content intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth", "r.json"]
+
+
+def test_measure_interleaved_takes_turns():
+    import time
+
+    from fiber_det.utils.benchmark import measure_interleaved
+
+    calls = []
+
+    def make(name, pause):
+        def fn():
+            calls.append(name)
+            time.sleep(pause)
+
+        return fn
+
+    res = measure_interleaved(
+        {"slow": make("slow", 0.03), "fast": make("fast", 0.0)},
+        torch.device("cpu"),
+        repeats=3,
+        warmup=1,
+    )
+    assert calls == ["slow", "fast"] * 4  # one warm-up round, then three timed rounds in turn
+    assert set(res) == {"slow", "fast"}
+    assert all(len(r["times_s"]) == 3 for r in res.values())
+    assert res["slow"]["median_s"] >= 0.03 > res["fast"]["median_s"]
