@@ -347,9 +347,9 @@ def readme_section(results: List[dict]) -> str:
         "FLOPs for that many prompts (1 FLOP = 1 multiply-add); *of bound*: measured speed-up "
         "over that bound. *before*: the naive path with torchvision's `deform_conv2d` in the "
         "head, as before the cached path and the grid_sample DCN existed. Each ratio compares "
-        "runs from the same process. Peak MB on CPU is the growth of the resident set during "
-        "the timed runs (the allocator reuses memory, so small values mean that the run fitted "
-        "in memory the process already held).",
+        "runs from the same process, timed in turns. Peak MB on CPU is the largest growth of "
+        "the resident set during one timed call (the allocator reuses memory, so small values "
+        "mean that the call fitted in memory the process already held).",
     ]
     for res in results:
         on_gpu = res.get("device", "").startswith("cuda") or "NVIDIA" in res["machine"]
