@@ -31,6 +31,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
@@ -123,6 +124,10 @@ class Trainer(DefaultTrainer):
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         _check_monitoring(cfg)
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        if cfg.SEED >= 0:
+            # As detectron2's default_setup does (train_net.py calls it too), so that a Trainer
+            # built anywhere else (the demo, a notebook) initialises the same model every time.
+            seed_all_rng(cfg.SEED + comm.get_rank())
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)

@@ -124,3 +124,18 @@ def test_resume_continues_at_the_same_iteration_with_the_same_loss(tiny_run):
     assert trainer.start_iter == 20 and sorted(losses) == list(range(20, MAX_ITER))
     want = [tiny_run["losses"][i] for i in range(20, MAX_ITER)]
     assert [losses[i] for i in range(20, MAX_ITER)] == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_trainer_seeds_the_model_initialisation(train_cfg, tmp_path):
+    """With SEED >= 0 a Trainer built outside train_net (no default_setup: the demo, a notebook)
+    starts from the same weights every time, whatever the global RNGs held before."""
+
+    def initial_weights(seed, rng_noise):
+        torch.manual_seed(rng_noise)  # a different global RNG state each time
+        cfg = train_cfg("SEED", seed, output_dir=tmp_path / f"out_{seed}_{rng_noise}")
+        model = Trainer(cfg).model
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    a, b = initial_weights(3, 111), initial_weights(3, 222)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, initial_weights(4, 111))
