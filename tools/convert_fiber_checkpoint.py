@@ -17,11 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from fiber_det.checkpoint import CheckpointError, convert_official_state_dict, detect_fusion_version
 from fiber_det.checkpoint.official import unwrap_state_dict
-from fiber_det.utils.io import atomic_torch_save
+from fiber_det.utils.io import atomic_torch_save, load_torch_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,20 +45,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _load(path: str, trust: bool):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001  torch raises several types for unpicklable content
-        if trust:
-            raise
-        raise SystemExit(
-            f"error: {path} holds objects other than tensors ({type(e).__name__}: {e}). If the "
-            "file comes from a trusted source, rerun with --trust-pickle."
-        ) from e
-
-
 def _model_shapes(config_file: str):
     from detectron2.modeling import build_model
 
@@ -79,7 +63,12 @@ def main(argv=None) -> int:
     if not Path(args.input).is_file():
         print(f"error: input file not found: {args.input}", file=sys.stderr)
         return 2
-    obj = _load(args.input, args.trust_pickle)
+    try:
+        obj = load_torch_file(
+            args.input, allow_pickle=args.trust_pickle, hint="rerun with --trust-pickle."
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     try:
         sd, _ = unwrap_state_dict(obj)
         variant = detect_fusion_version(sd)

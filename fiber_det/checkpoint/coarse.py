@@ -40,6 +40,7 @@ from typing import Dict, Mapping, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..utils.io import load_torch_file
 from .pretrained import LoadReport, _resize_bias_table
 
 __all__ = [
@@ -84,16 +85,12 @@ def read_coarse_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"coarse-grained checkpoint not found: {path}")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # noqa: BLE001  torch raises several types for pickled objects
-        if allow_pickle:
-            raise
-        raise ValueError(
-            f"{path} holds Python objects besides tensors (e.g. a Lightning checkpoint), which a "
-            "safe load refuses. If you trust the file, convert it once with "
-            "`tools/convert_coarse_checkpoint.py --allow-pickle` (or pass allow_pickle=True)"
-        ) from e
+    obj = load_torch_file(
+        path,
+        allow_pickle=allow_pickle,
+        hint="convert it once with `tools/convert_coarse_checkpoint.py --allow-pickle` (or pass "
+        "allow_pickle=True); Lightning checkpoints hold such objects",
+    )
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

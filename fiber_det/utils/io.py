@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written output behind."""
+"""Atomic file writes (a crash or a full disk never leaves a half-written output behind) and
+safe checkpoint reads."""
 
 import json
 import os
@@ -9,7 +10,7 @@ from typing import Any, Iterator, Union
 
 import torch
 
-__all__ = ["atomic_open", "atomic_torch_save", "atomic_write_json"]
+__all__ = ["atomic_open", "atomic_torch_save", "atomic_write_json", "load_torch_file"]
 
 
 def _umask() -> int:
@@ -47,3 +48,26 @@ def atomic_write_json(obj: Any, path: Union[str, Path], **kwargs) -> None:
     kwargs.setdefault("indent", 2)
     with atomic_open(path, "w") as f:
         json.dump(obj, f, **kwargs)
+
+
+def load_torch_file(path: Union[str, Path], *, allow_pickle: bool = False, hint: str = "") -> Any:
+    """``torch.load`` on CPU, tensors only unless ``allow_pickle`` (``weights_only=False`` runs
+    arbitrary code from the file: only for files you trust).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file holds Python objects a safe load refuses; the message ends with
+            ``hint`` (how to opt in from the caller's interface).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # noqa: BLE001  torch raises several types for pickled objects
+        if allow_pickle:
+            raise
+        raise ValueError(
+            f"{path} holds Python objects besides tensors ({type(e).__name__}), which a safe "
+            f"load refuses. If you trust the file, {hint or 'load it with allow_pickle=True'}"
+        ) from e
