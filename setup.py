@@ -11,7 +11,11 @@ setup(
     name="fiber-det",
     version=_version,
     description="FIBER (Dou et al. 2022) rebuilt as a detectron2 extension: CPU-first, parity-checked",
-    packages=find_packages(include=["fiber_det", "fiber_det.*"]),
+    # configs/ (where users read and edit them) ships as package data: fiber_det.model_zoo finds
+    # them by relative path wherever the package is installed, as detectron2's model zoo does.
+    packages=find_packages(include=["fiber_det", "fiber_det.*"]) + ["fiber_det.model_zoo.configs"],
+    package_dir={"fiber_det.model_zoo.configs": "configs"},
+    package_data={"fiber_det.model_zoo.configs": ["*.yaml", "**/*.yaml"]},
     python_requires=">=3.10",
     # Everything is pinned in requirements.txt and installed by dev/install_env.sh; the list here
     # only names what `import fiber_det` needs, so `pip install -e .` never pulls a second torch.

@@ -25,13 +25,10 @@ from detectron2.utils.events import EventStorage
 
 from fiber_det.checkpoint import convert_official_state_dict
 from fiber_det.utils.io import atomic_write_json
-from fiber_det.utils.testing import (
-    REPO_ROOT,
-    get_config,
-    parity_dir,
-    unmatched_detections,
-    unmatched_instances,
-)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.paths: the parity folder
+from fiber_det.utils.testing import get_config, unmatched_detections, unmatched_instances
+from tests.paths import REPO_ROOT, parity_dir
 
 
 def _inputs(fx, device):

@@ -20,11 +20,10 @@ import sys
 from collections import OrderedDict
 from typing import List, Optional
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 import fiber_det  # noqa: F401  registers the model and the datasets
-from fiber_det import add_fiber_config
+from fiber_det.config import load_config
 from fiber_det.evaluation import (
     build_evaluator,
     format_metric_tables,
@@ -55,16 +54,6 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_cfg(config_file: str, opts: List[str]):
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    cfg.freeze()
-    return cfg
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     if len(args.dataset) != len(args.predictions):
@@ -75,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     logger = logging.getLogger("fiber_det.evaluate_predictions")
-    cfg = setup_cfg(args.config_file, opts)
+    cfg = load_config(args.config_file, opts)
     results = OrderedDict()
     for name, path in zip(args.dataset, args.predictions):
         records = load_predictions(path)

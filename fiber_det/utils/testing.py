@@ -3,15 +3,13 @@
 Mirrors ``detectron2.utils.testing``: everything runs on CPU without network or weights.
 """
 
-import os
-from pathlib import Path
 from typing import Dict, List, Sequence
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
-from ..config import add_fiber_config
+from ..config import load_config
 from ..text import (
     build_detection_prompt,
     build_offline_tokenizer,
@@ -20,8 +18,6 @@ from ..text import (
 )
 
 __all__ = [
-    "REPO_ROOT",
-    "parity_dir",
     "TEST_VOCABULARY",
     "get_config",
     "get_tiny_config",
@@ -31,15 +27,6 @@ __all__ = [
     "unmatched_detections",
     "unmatched_instances",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def parity_dir() -> Path:
-    """The official parity fixtures: ``$FIBER_PARITY_DIR`` or ``shared/parity`` next to the repo."""
-    env = os.environ.get("FIBER_PARITY_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "parity"
-
 
 # Words of the synthetic demo, COCO-like names and punctuation: enough for an offline BPE
 # tokenizer whose tokens behave like RoBERTa's (leading-space tokens, sub-words).
@@ -62,17 +49,9 @@ def build_test_tokenizer(out_dir, extra_texts: Sequence[str] = (), vocab_size: i
 
 
 def get_config(config_file: str, opts: List | None = None) -> CfgNode:
-    """detectron2 config with the FIBER keys, merged from a file under ``configs/``."""
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    path = Path(config_file)
-    if not path.is_absolute():
-        path = REPO_ROOT / "configs" / path
-    cfg.merge_from_file(str(path))
-    if opts:
-        cfg.merge_from_list(opts)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    """A mutable CPU config with the FIBER keys from a yaml file or a shipped config
+    (``"tiny/fiber_tiny.yaml"``: :func:`fiber_det.model_zoo.get_config_file`)."""
+    return load_config(config_file, opts or (), device="cpu", freeze=False)
 
 
 def get_tiny_config(tokenizer_dir=None, opts: List | None = None) -> CfgNode:

@@ -13,7 +13,8 @@ from fiber_det.checkpoint import (
     convert_official_state_dict,
     detect_fusion_version,
 )
-from fiber_det.utils.testing import get_config, parity_dir
+from fiber_det.utils.testing import get_config
+from tests.paths import parity_dir
 
 KEYS = {v: parity_dir() / f"official_keys_{v}.json" for v in ("v2", "v3")}
 pytestmark = pytest.mark.skipif(
@@ -146,7 +147,7 @@ def test_checkpointer_refuses_an_official_file_for_another_architecture(tiny_cfg
 def test_convert_tool_writes_a_loadable_file(tmp_path, capsys):
     import importlib.util
 
-    from fiber_det.utils.testing import REPO_ROOT
+    from tests.paths import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location(
         "convert", REPO_ROOT / "tools/convert_fiber_checkpoint.py"

@@ -5,7 +5,7 @@ import json
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 from .tiny_data import coco_dict, flickr_image, mdetr_dict, write_image, write_json
 

@@ -6,7 +6,8 @@ import pytest
 from detectron2.data import DatasetCatalog
 
 from fiber_det.solver import resolve_milestones
-from fiber_det.utils.testing import REPO_ROOT, get_config
+from fiber_det.utils.testing import get_config
+from tests.paths import REPO_ROOT
 
 RECIPES = sorted(
     p.name

@@ -10,7 +10,7 @@ from argparse import Namespace
 
 import pytest
 
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 TRAIN_NET = REPO_ROOT / "tools" / "train_net.py"
 CONFIG = REPO_ROOT / "configs" / "tiny" / "fiber_tiny_train.yaml"

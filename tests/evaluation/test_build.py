@@ -13,7 +13,7 @@ from fiber_det.evaluation import (
     RefExpEvaluator,
     build_evaluator,
 )
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 from . import cases
 

@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 
 from fiber_det import add_fiber_config
 from fiber_det.evaluation import build_evaluator
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 from . import cases
 

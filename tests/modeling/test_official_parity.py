@@ -19,7 +19,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from fiber_det.checkpoint import FIBERCheckpointer
-from fiber_det.utils.testing import get_config, parity_dir, unmatched_detections
+from fiber_det.utils.testing import get_config, unmatched_detections
+from tests.paths import parity_dir
 
 FIXTURES = sorted(glob.glob(str(parity_dir() / "fixtures" / "*.pt")))
 pytestmark = [

@@ -10,7 +10,7 @@ from torch import nn
 
 from fiber_det.modeling.head.dyhead import ModulatedDeformConv3x3
 from fiber_det.utils.flops import component_flops, count_flops, multi_prompt_flop_bound
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 
 class _SDPA(nn.Module):
