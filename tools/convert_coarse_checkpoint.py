@@ -17,15 +17,12 @@ Lightning ``.ckpt`` files hold Python objects besides tensors: ``--allow-pickle`
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from detectron2.modeling import build_model
 
 from fiber_det.checkpoint.coarse import convert_coarse_state_dict, read_coarse_checkpoint
+from fiber_det.config import load_config
 from fiber_det.utils.io import atomic_torch_save
-from fiber_det.utils.testing import get_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
@@ -36,8 +33,9 @@ def parse_args(argv=None):
     p.add_argument("output", help="where to write the fiber_det checkpoint")
     p.add_argument(
         "--config-file",
-        default=str(REPO / "configs" / "fiber_b" / "Base-FIBER-B.yaml"),
-        help="config of the target model (default: FIBER-B)",
+        default="fiber_b/Base-FIBER-B.yaml",
+        help="config of the target model: a yaml file or a shipped config (default: FIBER-B, "
+        "%(default)s)",
     )
     p.add_argument(
         "--fusion-version",
@@ -46,7 +44,12 @@ def parse_args(argv=None):
         help="v2 (fiber_coarse_init.pt -> fiber_coarse_then_fine) or v3 (refexp runs; uses the "
         "i2t query LayerNorm of the coarse model); default: the config's",
     )
-    p.add_argument("--allow-pickle", action="store_true", help="torch.load(weights_only=False)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a file holding pickled Python objects (Lightning .ckpt files do): runs code "
+        "from the file, only for files you trust",
+    )
     return p.parse_args(argv)
 
 
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     opts = ["MODEL.DEVICE", "cpu"]
     if args.fusion_version:
         opts += ["MODEL.FIBER.FUSION_VERSION", args.fusion_version]
-    cfg = get_config(str(Path(args.config_file).resolve()), opts)
+    cfg = load_config(args.config_file, opts)
     model = build_model(cfg)
     state = read_coarse_checkpoint(args.input, allow_pickle=args.allow_pickle)
     mapped, report = convert_coarse_state_dict(state, model, source=args.input)

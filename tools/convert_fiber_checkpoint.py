@@ -17,11 +17,12 @@ import os
 import sys
 from pathlib import Path
 
+from detectron2.modeling import build_model
+
 from fiber_det.checkpoint import CheckpointError, convert_official_state_dict, detect_fusion_version
 from fiber_det.checkpoint.official import unwrap_state_dict
+from fiber_det.config import load_config
 from fiber_det.utils.io import atomic_torch_save, load_torch_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
@@ -34,23 +35,22 @@ def parse_args(argv=None):
         "--config-file",
         default=None,
         help="config of the target model, to check names and shapes and list missing keys "
-        "(default: configs/fiber_b/official_parity_{v2,v3}.yaml by detected fusion version)",
+        "(default: the shipped fiber_b/official_parity_{v2,v3}.yaml by detected fusion version)",
     )
     p.add_argument("--no-model-check", action="store_true", help="skip building the model")
     p.add_argument(
-        "--trust-pickle",
+        "--allow-pickle",
+        "--trust-pickle",  # the earlier name of the flag
+        dest="allow_pickle",
         action="store_true",
-        help="load with weights_only=False (only for files from a trusted source)",
+        help="read a file holding pickled Python objects: runs code from the file, only for "
+        "files from a trusted source",
     )
     return p.parse_args(argv)
 
 
 def _model_shapes(config_file: str):
-    from detectron2.modeling import build_model
-
-    from fiber_det.utils.testing import get_config
-
-    cfg = get_config(config_file)
+    cfg = load_config(config_file, device="cpu")
     model = build_model(cfg)
     return {
         k: tuple(v.shape) for k, v in model.state_dict().items()
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         return 2
     try:
         obj = load_torch_file(
-            args.input, allow_pickle=args.trust_pickle, hint="rerun with --trust-pickle."
+            args.input, allow_pickle=args.allow_pickle, hint="rerun with --allow-pickle."
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
@@ -74,9 +74,7 @@ def main(argv=None) -> int:
         variant = detect_fusion_version(sd)
         shapes = expected = None
         if not args.no_model_check:
-            config = args.config_file or str(
-                REPO / f"configs/fiber_b/official_parity_{variant}.yaml"
-            )
+            config = args.config_file or f"fiber_b/official_parity_{variant}.yaml"
             shapes, expected = _model_shapes(config)
         converted, report = convert_official_state_dict(obj, expected, shapes)
     except CheckpointError as e:

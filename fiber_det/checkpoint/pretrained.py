@@ -22,9 +22,30 @@ from typing import Dict, List, Mapping, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import snapshot_download
 from torch import Tensor, nn
 
-__all__ = ["LoadReport", "load_swin_pretrained", "load_roberta_pretrained", "read_state_dict"]
+from ..modeling.backbone.roberta import FusionRobertaModel
+from ..modeling.backbone.swin import FusionSwinTransformer
+from ..utils.io import load_torch_file
+
+__all__ = [
+    "LoadReport",
+    "PICKLE_HINT",
+    "is_roberta_state_dict",
+    "is_swin_state_dict",
+    "load_roberta_pretrained",
+    "load_swin_pretrained",
+    "map_roberta_state_dict",
+    "map_swin_state_dict",
+    "find_submodule",
+    "read_state_dict",
+]
+
+# How a user opts in to a trusted pickle, wherever fiber-det reads weights.
+PICKLE_HINT = (
+    "pass allow_pickle=True (config: MODEL.WEIGHTS_ALLOW_PICKLE True; tools: --allow-pickle)"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +79,28 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
+def read_state_dict(path: Union[str, Path], *, allow_pickle: bool = False) -> Dict[str, Tensor]:
     """Tensors of a checkpoint file (``.safetensors``, or a torch file; ``model`` /
-    ``state_dict`` wrappers removed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    ``state_dict`` wrappers removed), read by the safe :func:`load_torch_file`."""
+    obj = load_torch_file(path, allow_pickle=allow_pickle, hint=PICKLE_HINT)
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} does not contain a state_dict")
     return dict(obj)
+
+
+def find_submodule(model: nn.Module, cls: type) -> Tuple[str, nn.Module]:
+    """``(prefix, module)`` of the only instance of ``cls`` in ``model`` (e.g. its Swin)."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, cls)]
+    if len(found) != 1:
+        raise ValueError(
+            f"the model has {len(found)} {cls.__name__} modules; a {cls.__name__} checkpoint "
+            "needs exactly one to load into"
+        )
+    name, module = found[0]
+    return (name + "." if name else ""), module
 
 
 def _assign(module: nn.Module, state: Mapping[str, Tensor], report: LoadReport, component) -> None:
@@ -90,7 +116,6 @@ def _assign(module: nn.Module, state: Mapping[str, Tensor], report: LoadReport, 
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v.to(own[k].dtype))
-            report.loaded[component(k)] += 1
     for k in own:
         if k not in state:
             report.missing.setdefault(component(k), []).append(k)
@@ -114,28 +139,33 @@ def _swin_component(key: str) -> str:
     return "swin"
 
 
-def load_swin_pretrained(
-    swin: nn.Module, source: Union[str, Path, Mapping[str, Tensor]]
-) -> LoadReport:
-    """Load ImageNet Swin weights (Microsoft or timm layout) into a FusionSwinTransformer.
+def is_swin_state_dict(keys) -> bool:
+    """True for a Swin ImageNet checkpoint (Microsoft or timm layout, no model prefix)."""
+    keys = set(keys)
+    return "patch_embed.proj.weight" in keys and any(k.startswith("layers.0.") for k in keys)
+
+
+def map_swin_state_dict(
+    state: Mapping[str, Tensor], own: Mapping[str, Tensor], source: str = "Swin state_dict"
+) -> Tuple[Dict[str, Tensor], LoadReport]:
+    """ImageNet Swin keys (Microsoft or timm layout) -> keys of a FusionSwinTransformer.
 
     Args:
-        swin: ``FIBERBackbone.body``.
-        source: a checkpoint path or an already loaded state_dict.
+        state: the checkpoint's tensors.
+        own: the target Swin's ``state_dict()`` (names and shapes).
+    Returns:
+        (tensors by target key, report); bias tables of another window size are resized.
     """
-    name = str(source) if not isinstance(source, Mapping) else "Swin state_dict"
-    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source)
-    report = LoadReport(source=name)
+    report = LoadReport(source=source)
     timm_layout = "layers.0.downsample.reduction.weight" not in state and any(
         re.match(r"layers\.[1-9]\d*\.downsample\.", k) for k in state
     )
-    own = swin.state_dict()
     mapped: Dict[str, Tensor] = {}
     for key, value in state.items():
         if re.search(r"(relative_position_index|attn_mask)$", key):
             report.skipped.setdefault("buffers rebuilt by the model", []).append(key)
             continue
-        if key.startswith(("head.", "norm.")) or key in ("norm.weight", "norm.bias"):
+        if key.startswith(("head.", "norm.")):
             report.skipped.setdefault("ImageNet classifier (head, final norm)", []).append(key)
             continue
         if timm_layout:
@@ -153,8 +183,28 @@ def load_swin_pretrained(
             value = _resize_bias_table(value, own[key].shape[0])
             report.resized.append(key)
         mapped[key] = value
+        report.loaded[_swin_component(key)] += 1
     if not mapped:
-        raise ValueError(f"{name}: no Swin tensor matched (is this a Swin ImageNet checkpoint?)")
+        raise ValueError(f"{source}: no Swin tensor matched (is this a Swin ImageNet checkpoint?)")
+    return mapped, report
+
+
+def load_swin_pretrained(
+    swin: nn.Module, source: Union[str, Path, Mapping[str, Tensor]], *, allow_pickle: bool = False
+) -> LoadReport:
+    """Load ImageNet Swin weights (Microsoft or timm layout) into a FusionSwinTransformer.
+
+    Args:
+        swin: ``FIBERBackbone.body``.
+        source: a checkpoint path or an already loaded state_dict.
+    """
+    name = str(source) if not isinstance(source, Mapping) else "Swin state_dict"
+    state = (
+        dict(source)
+        if isinstance(source, Mapping)
+        else read_state_dict(source, allow_pickle=allow_pickle)
+    )
+    mapped, report = map_swin_state_dict(state, swin.state_dict(), name)
     _assign(swin, mapped, report, _swin_component)
     logger.info("%s", report.format())
     return report
@@ -167,8 +217,6 @@ def _resolve_roberta_file(source: Union[str, Path]) -> Path:
         return path
     if not path.is_dir():
         try:
-            from huggingface_hub import snapshot_download
-
             path = Path(snapshot_download(str(source), local_files_only=True))
         except Exception as e:  # noqa: BLE001  any hub failure means "not cached"
             raise FileNotFoundError(
@@ -187,22 +235,24 @@ def _roberta_component(key: str) -> str:
     return "roberta t2i fusion" if ("_t2i" in key) else "roberta"
 
 
-def load_roberta_pretrained(
-    text_model: nn.Module, source: Union[str, Path, Mapping[str, Tensor]]
-) -> LoadReport:
-    """Load ``roberta-base``-layout weights into a FusionRobertaModel.
+def is_roberta_state_dict(keys) -> bool:
+    """True for a ``roberta-base``-layout checkpoint (with or without the ``roberta.`` prefix)."""
+    return any(
+        k in ("embeddings.word_embeddings.weight", "roberta.embeddings.word_embeddings.weight")
+        for k in keys
+    )
 
-    Args:
-        text_model: ``FIBERBackbone.language``.
-        source: a folder, a file, a Hugging Face id in the local cache, or a state_dict.
+
+def map_roberta_state_dict(
+    state: Mapping[str, Tensor], own: Mapping[str, Tensor], source: str = "RoBERTa state_dict"
+) -> Tuple[Dict[str, Tensor], LoadReport]:
+    """``roberta-base`` keys -> keys of a FusionRobertaModel (``roberta.`` prefix, old
+    ``gamma``/``beta`` LayerNorm names, task heads and buffers handled).
+
+    Returns:
+        (tensors by target key, report).
     """
-    if isinstance(source, Mapping):
-        name, state = "RoBERTa state_dict", dict(source)
-    else:
-        file = _resolve_roberta_file(source)
-        name, state = str(file), read_state_dict(file)
-    report = LoadReport(source=name)
-    own = text_model.state_dict()
+    report = LoadReport(source=source)
     mapped: Dict[str, Tensor] = {}
     for key, value in state.items():
         k = key[len("roberta.") :] if key.startswith("roberta.") else key
@@ -223,19 +273,53 @@ def load_roberta_pretrained(
             ).append(key)
             continue
         mapped[k] = value
+        report.loaded[_roberta_component(k)] += 1
     if not mapped:
-        raise ValueError(f"{name}: no RoBERTa tensor matched (is this a roberta-base checkpoint?)")
+        raise ValueError(
+            f"{source}: no RoBERTa tensor matched (is this a roberta-base checkpoint?)"
+        )
+    return mapped, report
+
+
+def load_roberta_pretrained(
+    text_model: nn.Module,
+    source: Union[str, Path, Mapping[str, Tensor]],
+    *,
+    allow_pickle: bool = False,
+) -> LoadReport:
+    """Load ``roberta-base``-layout weights into a FusionRobertaModel.
+
+    Args:
+        text_model: ``FIBERBackbone.language``.
+        source: a folder, a file, a Hugging Face id in the local cache, or a state_dict.
+    """
+    if isinstance(source, Mapping):
+        name, state = "RoBERTa state_dict", dict(source)
+    else:
+        file = _resolve_roberta_file(source)
+        name, state = str(file), read_state_dict(file, allow_pickle=allow_pickle)
+    mapped, report = map_roberta_state_dict(state, text_model.state_dict(), name)
     _assign(text_model, mapped, report, _roberta_component)
     logger.info("%s", report.format())
     return report
 
 
-def load_pretrained_encoders(model: nn.Module, cfg) -> Tuple[LoadReport | None, LoadReport | None]:
-    """Apply ``MODEL.SWIN.WEIGHTS`` and ``MODEL.LANGUAGE.WEIGHTS`` to a FIBERDetector (either may
-    be empty). Used when training starts from uni-modal weights instead of ``MODEL.WEIGHTS``."""
-    swin_report = text_report = None
+def load_pretrained_encoders(model: nn.Module, cfg) -> List[LoadReport]:
+    """Apply ``MODEL.SWIN.WEIGHTS`` and ``MODEL.LANGUAGE.WEIGHTS`` (either may be empty) to the
+    model's Swin and RoBERTa, wherever they are in it. Used when training starts from uni-modal
+    weights instead of ``MODEL.WEIGHTS``.
+
+    Returns:
+        the reports of the files loaded.
+    """
+    allow = cfg.MODEL.WEIGHTS_ALLOW_PICKLE
+    reports = []
     if cfg.MODEL.SWIN.WEIGHTS:
-        swin_report = load_swin_pretrained(model.backbone.body, cfg.MODEL.SWIN.WEIGHTS)
+        _, swin = find_submodule(model, FusionSwinTransformer)
+        reports.append(load_swin_pretrained(swin, cfg.MODEL.SWIN.WEIGHTS, allow_pickle=allow))
     if cfg.MODEL.LANGUAGE.WEIGHTS:
-        text_report = load_roberta_pretrained(model.backbone.language, cfg.MODEL.LANGUAGE.WEIGHTS)
-    return swin_report, text_report
+        _, text = find_submodule(model, FusionRobertaModel)
+        reports.append(
+            load_roberta_pretrained(text, cfg.MODEL.LANGUAGE.WEIGHTS, allow_pickle=allow)
+        )
+    return reports

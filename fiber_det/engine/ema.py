@@ -16,7 +16,7 @@ from typing import Dict, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ModelEMA", "load_ema_weights"]
+__all__ = ["ModelEMA"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,35 +86,3 @@ class ModelEMA:
             yield model
         finally:
             inner.load_state_dict(backup)
-
-
-def load_ema_weights(model: nn.Module, checkpoint: Mapping) -> bool:
-    """Load ``checkpoint["model_ema"]`` into ``model`` (official files are converted).
-
-    Args:
-        model: a FIBERDetector.
-        checkpoint: a loaded checkpoint dict.
-    Returns:
-        bool: False when the checkpoint has no ``model_ema`` (the model is left unchanged).
-    """
-    state = checkpoint.get("model_ema") if isinstance(checkpoint, Mapping) else None
-    if not state:
-        return False
-    from ..checkpoint import convert_official_state_dict, is_official_state_dict
-
-    state = dict(state)
-    if is_official_state_dict(state):
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        state, report = convert_official_state_dict(state, model_shapes=shapes)
-        logger.info("Converted the official model_ema:\n%s", report.format())
-    elif state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    result = _unwrap(model).load_state_dict(state, strict=False)
-    if result.missing_keys:
-        logger.warning(
-            "model_ema lacks %d model tensors, e.g. %s",
-            len(result.missing_keys),
-            result.missing_keys[:5],
-        )
-    logger.info("Loaded the EMA weights (model_ema) for evaluation")
-    return True

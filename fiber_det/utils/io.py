@@ -3,14 +3,22 @@ safe checkpoint reads."""
 
 import json
 import os
+import pickle
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 import torch
+from safetensors.torch import load_file as load_safetensors
 
-__all__ = ["atomic_open", "atomic_torch_save", "atomic_write_json", "load_torch_file"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "atomic_open",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "load_torch_file",
+]
 
 
 def _umask() -> int:
@@ -50,18 +58,42 @@ def atomic_write_json(obj: Any, path: Union[str, Path], **kwargs) -> None:
         json.dump(obj, f, **kwargs)
 
 
-def load_torch_file(path: Union[str, Path], *, allow_pickle: bool = False, hint: str = "") -> Any:
-    """``torch.load`` on CPU, tensors only unless ``allow_pickle`` (``weights_only=False`` runs
-    arbitrary code from the file: only for files you trust).
+PICKLE_SUFFIXES = (".pkl", ".pickle")
 
+
+def load_torch_file(path: Union[str, Path], *, allow_pickle: bool = False, hint: str = "") -> Any:
+    """Read a checkpoint or any serialized file on CPU, safely unless ``allow_pickle``.
+
+    The one reader behind every weights / predictions / checkpoint file fiber-det opens:
+
+    * ``.safetensors``: tensors (``safetensors.torch.load_file``); never code.
+    * ``.pkl`` / ``.pickle`` (detectron2 / Caffe2 model zoo): plain pickles run arbitrary code
+      when loaded, so they are refused unless ``allow_pickle``.
+    * anything else: ``torch.load(weights_only=True)``: tensors, numbers, strings and containers
+      only. ``allow_pickle`` loads with ``weights_only=False``, which runs code from the file.
+
+    Args:
+        path: the file.
+        allow_pickle: the caller's explicit opt-in for a file it trusts.
+        hint: how to opt in from the caller's interface (a flag, a config key); ends the error.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds Python objects a safe load refuses; the message ends with
-            ``hint`` (how to opt in from the caller's interface).
+        ValueError: the file holds Python objects a safe load refuses, or is a pickle.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    opt_in = hint or "load it with allow_pickle=True"
+    if path.suffix == ".safetensors":
+        return load_safetensors(str(path))
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(
+                f"{path} is a pickle file: loading it runs code from the file. If you trust it, "
+                f"{opt_in}; better, convert it once to .pth or .safetensors"
+            )
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")  # detectron2 / Caffe2 model zoo encoding
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001  torch raises several types for pickled objects
@@ -69,5 +101,5 @@ def load_torch_file(path: Union[str, Path], *, allow_pickle: bool = False, hint:
             raise
         raise ValueError(
             f"{path} holds Python objects besides tensors ({type(e).__name__}), which a safe "
-            f"load refuses. If you trust the file, {hint or 'load it with allow_pickle=True'}"
+            f"load refuses. If you trust the file, {opt_in}"
         ) from e

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fiber_det.engine import LINEAR_PROBE_PARAMS, ModelEMA, Trainer
+from fiber_det.engine import LINEAR_PROBE_PARAMS, ModelEMA, Trainer, scale_to_world
 
 
 def _trainable(model):
@@ -114,7 +114,7 @@ def test_ema_state_roundtrip_with_ddp_prefix():
 
 
 def test_load_ema_weights_for_evaluation(tiny_cfg):
-    from fiber_det.engine import load_ema_weights
+    from fiber_det.checkpoint import load_ema_weights
 
     model = Trainer.build_model(tiny_cfg)
     ema = {
@@ -143,7 +143,7 @@ def test_reference_world_size_scaling_keeps_fractional_steps(tiny_cfg):
             1e-4,
         ]
     )
-    out = Trainer.auto_scale_workers(tiny_cfg, 16)
+    out = scale_to_world(tiny_cfg, 16)
     assert out.SOLVER.IMS_PER_BATCH == 32 and out.SOLVER.MAX_ITER == 500
     assert tuple(out.SOLVER.STEPS) == (0.67, 450)
     assert out.SOLVER.FIBER.LANG_LR == pytest.approx(2e-5)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from fiber_det.checkpoint import FIBERCheckpointer
 from fiber_det.checkpoint.coarse import coarse_load_counts, load_coarse_pretrained
-from fiber_det.engine import FIBERTrainingCheckpointer, Trainer
+from fiber_det.engine import Trainer
 
 timm = pytest.importorskip("timm")
 
@@ -171,7 +172,7 @@ def test_coarse_checkpoint_through_model_weights(tiny_cfg, tmp_path):
     sd = coarse_state_dict(tiny_cfg, seed=1)
     torch.save({"state_dict": sd, "epoch": 3}, path)
     model = build_model(tiny_cfg)
-    ckpt = FIBERTrainingCheckpointer(model, str(tmp_path / "out"))
+    ckpt = FIBERCheckpointer(model, str(tmp_path / "out"))
     ckpt.load(str(path), checkpointables=[])
     assert ckpt.last_conversion_report.num_loaded > 100
     w = model.backbone.language.encoder.layer[2].crossattention_t2i.self.key.weight
@@ -237,7 +238,7 @@ def test_swin_and_roberta_files_through_the_training_config(train_cfg, tmp_path)
 def test_convert_coarse_checkpoint_cli(tiny_cfg, tmp_path):
     import importlib.util
 
-    from fiber_det.utils.testing import REPO_ROOT
+    from tests.paths import REPO_ROOT
 
     src = tmp_path / "coarse.pt"
     sd = coarse_state_dict(tiny_cfg, seed=2)

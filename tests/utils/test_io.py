@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fiber_det.utils.io import load_torch_file
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 
 @pytest.fixture
@@ -39,6 +39,6 @@ def test_converters_name_their_opt_in_flag(pickled, tmp_path):
     )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    with pytest.raises(SystemExit, match="--trust-pickle"):
+    with pytest.raises(SystemExit, match="--allow-pickle"):
         tool.main([str(pickled), str(tmp_path / "out.pth"), "--no-model-check"])
     assert not (tmp_path / "out.pth").exists()
