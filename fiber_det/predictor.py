@@ -28,7 +28,6 @@ applied, and boxes come back in the original image's pixels.
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -39,75 +38,19 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
+from .checkpoint import build_and_load_model
+from .config import load_config
 from .data.prompting import EncodedPrompt, PromptEncoder
 from .data.transforms import build_fiber_augmentations
-from .text import Prompt, load_tokenizer, span_text, vocabulary_prompts
+from .data.utils import read_image
+from .text import Prompt, find_noun_phrases, load_tokenizer, span_text, vocabulary_prompts
 
-__all__ = [
-    "FIBERPrediction",
-    "FIBERPredictor",
-    "build_and_load_model",
-    "find_noun_phrases",
-    "load_config",
-    "read_rgb_image",
-]
+__all__ = ["FIBERPrediction", "FIBERPredictor", "ImageLike", "PromptLike"]
 
 logger = logging.getLogger(__name__)
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
 PromptLike = Union[str, Prompt, Sequence[str]]
-
-# -- noun phrases ------------------------------------------------------------------------------
-# Words that end a phrase: articles and determiners (dropped), prepositions, conjunctions,
-# pronouns, auxiliaries and position words ("left of"). Everything else is part of a phrase.
-_FUNCTION_WORDS = frozenset(
-    """a an the this that these those some any each every no its their his her my your our
-    of in on at to from with without by for near above below under over behind beside besides
-    between into onto next left right across along around through inside outside beneath beyond
-    toward towards against among upon about after before during up down off out front top bottom
-    middle center centre side and or but nor so while as than then also is are was were be been
-    being am has have had do does did can could will would should may might must it they he she
-    we you i there here which who whom whose what where when how not very""".split()
-)
-# -ing words end a phrase ("a man wearing a hat"), except these nouns.
-_ING_NOUNS = frozenset(
-    "building clothing ring king thing string ceiling painting drawing earring wing swing "
-    "spring evening morning railing sibling ping".split()
-)
-_WORD = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*")
-
-
-def _ends_phrase(word: str) -> bool:
-    w = word.lower()
-    return w in _FUNCTION_WORDS or (w.endswith("ing") and len(w) > 4 and w not in _ING_NOUNS)
-
-
-def find_noun_phrases(caption: str) -> List[Tuple[int, int]]:
-    """Character spans ``[start, end)`` of the noun phrases of a caption (a heuristic).
-
-    A phrase is a maximal run of words that contains no function word (article, preposition,
-    conjunction, pronoun, auxiliary, position word, or a verb in -ing) and no punctuation between
-    its words; articles are not part of the phrase. ``"the small red circle left of a blue
-    square"`` gives ``"small red circle"`` and ``"blue square"``. Without any such run, the whole
-    caption (stripped) is one phrase.
-    """
-    spans, start, end, last_end = [], None, None, 0
-    for m in _WORD.finditer(caption):
-        gap = caption[last_end : m.start()]
-        if start is not None and (_ends_phrase(m.group()) or gap.strip()):
-            spans.append((start, end))
-            start = None
-        if not _ends_phrase(m.group()):
-            if start is None:
-                start = m.start()
-            end = m.end()
-        last_end = m.end()
-    if start is not None:
-        spans.append((start, end))
-    if not spans and caption.strip():
-        s = len(caption) - len(caption.lstrip())
-        spans.append((s, len(caption.rstrip())))
-    return spans
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -258,10 +201,20 @@ class FIBERPredictor:
         opts: Sequence = (),
         *,
         device: Optional[str] = None,
+        allow_pickle: bool = False,
         **kwargs,
     ) -> "FIBERPredictor":
-        """A predictor from a yaml config and a checkpoint (``weights`` overrides
-        ``MODEL.WEIGHTS``; ``device`` overrides ``MODEL.DEVICE``)."""
+        """A predictor from a config (a yaml file or a shipped config such as
+        ``"fiber_b/eval/coco.yaml"``) and a checkpoint.
+
+        Args:
+            weights: overrides ``MODEL.WEIGHTS``; device: overrides ``MODEL.DEVICE``.
+            allow_pickle: read a weights file holding pickled Python objects
+                (``MODEL.WEIGHTS_ALLOW_PICKLE``): runs code from the file, only for files you
+                trust.
+            kwargs: ``batch_size``, ``score_threshold`` (see the class).
+        """
+        opts = [*opts, "MODEL.WEIGHTS_ALLOW_PICKLE", allow_pickle] if allow_pickle else opts
         cfg = load_config(config_file, opts, weights=weights, device=device)
         return cls(cfg, **kwargs)
 
@@ -269,7 +222,7 @@ class FIBERPredictor:
     def read_image(self, image: ImageLike) -> np.ndarray:
         """(H, W, 3) uint8 in the model's format, from any accepted image type."""
         if isinstance(image, (str, os.PathLike)):
-            rgb = read_rgb_image(os.fspath(image))
+            rgb = read_image(os.fspath(image), "RGB")
         elif isinstance(image, Image.Image):
             rgb = np.asarray(image.convert("RGB"))
         elif isinstance(image, np.ndarray):
@@ -428,72 +381,3 @@ class FIBERPredictor:
             captions=list(query.captions),
             image_size=tuple(inst.image_size),
         )
-
-
-def read_rgb_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file (EXIF orientation not applied, as the data loaders).
-
-    Raises:
-        FileNotFoundError / IsADirectoryError: the path is not a file.
-        OSError: the file is not an image PIL can read.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image {path} does not exist: check the path")
-    if os.path.isdir(path):
-        raise IsADirectoryError(
-            f"{path} is a folder, not an image: give an image file (tools/demo.py --input takes "
-            "folders and globs)"
-        )
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise OSError(
-            f"cannot read {path} as an image ({type(e).__name__}: {e}): give a JPEG, PNG or "
-            "another format that PIL reads"
-        ) from e
-
-
-def load_config(
-    config_file: str, opts: Sequence = (), *, weights: Optional[str] = None, device=None
-):
-    """detectron2 config with the FIBER keys from a yaml file, ``opts``, weights and device."""
-    from detectron2.config import get_cfg
-
-    from .config import add_fiber_config
-
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file} not found")
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    if weights is not None:
-        cfg.MODEL.WEIGHTS = weights
-    if device is not None:
-        cfg.MODEL.DEVICE = device
-    cfg.freeze()
-    return cfg
-
-
-def build_and_load_model(cfg) -> torch.nn.Module:
-    """``build_model(cfg)`` with ``MODEL.WEIGHTS`` loaded (official, coarse or detectron2 files;
-    the EMA weights when ``SOLVER.FIBER.USE_EMA_FOR_EVAL``), in eval mode."""
-    from detectron2.modeling import build_model
-
-    from .checkpoint import FIBERCheckpointer
-
-    model = build_model(cfg)
-    weights = cfg.MODEL.WEIGHTS
-    if not weights:
-        logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model")
-        return model.eval()
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights {weights} not found: set --weights / MODEL.WEIGHTS")
-    checkpoint = FIBERCheckpointer(model).load(weights)
-    if cfg.SOLVER.FIBER.USE_EMA_FOR_EVAL:
-        from .engine.ema import load_ema_weights
-
-        if not load_ema_weights(model, checkpoint):
-            logger.warning("SOLVER.FIBER.USE_EMA_FOR_EVAL: %s has no model_ema", weights)
-    return model.eval()

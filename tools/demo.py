@@ -22,7 +22,14 @@ import logging
 import sys
 import warnings
 
+# detectron2's pure-Python build calls torch.jit.script on import, deprecated in recent torch.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from fiber_det.config import load_config  # noqa: E402
+from fiber_det.demo import collect_images, predict_images  # noqa: E402
+from fiber_det.predictor import FIBERPredictor  # noqa: E402
 
 logger = logging.getLogger("fiber_det.demo")
 
@@ -43,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="run on CPU (MODEL.DEVICE cpu)")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a weights file holding pickled Python objects: runs code from the file, only "
+        "for files you trust (MODEL.WEIGHTS_ALLOW_PICKLE)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -55,18 +68,14 @@ def _categories(values):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from detectron2.utils.logger import setup_logger
-
-    from fiber_det.demo import collect_images, predict_images
-    from fiber_det.predictor import FIBERPredictor, load_config
-
     setup_logger(name="fiber_det", abbrev_name="fiber")
     setup_logger(name="detectron2", abbrev_name="d2")
     prompt = args.prompt if args.prompt is not None else _categories(args.categories)
     try:
         files = collect_images(args.input)
+        opts = [*args.opts, "MODEL.WEIGHTS_ALLOW_PICKLE", args.allow_pickle]
         cfg = load_config(
-            args.config_file, args.opts, weights=args.weights, device="cpu" if args.cpu else None
+            args.config_file, opts, weights=args.weights, device="cpu" if args.cpu else None
         )
         predictor = FIBERPredictor(cfg, batch_size=args.batch_size)
         predictor.encode_prompt(prompt)

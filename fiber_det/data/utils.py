@@ -43,12 +43,19 @@ def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
     applied, so boxes stay aligned with the stored pixels (detectron2's ``read_image`` rotates).
 
     Raises:
+        IsADirectoryError: the path is a folder.
         FileNotFoundError: the file does not exist.
         OSError: the file cannot be decoded (corrupt or not an image), naming it.
     """
+    if os.path.isdir(file_name):
+        raise IsADirectoryError(
+            f"{file_name} is a folder, not an image: give an image file (tools/demo.py --input "
+            "takes folders and globs)"
+        )
     if not os.path.isfile(file_name):
         raise FileNotFoundError(
-            f"image not found: {file_name}; check the dataset's image root ({README_HINT})"
+            f"image not found: {file_name}; check the path or the dataset's image root "
+            f"({README_HINT})"
         )
     try:
         with Image.open(file_name) as img:

@@ -9,7 +9,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..predictor import FIBERPredictor, PromptLike, read_rgb_image
+from ..data.utils import read_image
+from ..predictor import FIBERPredictor, PromptLike
 from ..utils.io import atomic_write_json
 from .visualize import draw_prediction, save_image
 
@@ -88,7 +89,7 @@ def predict_images(
         batch = []
         for i in range(start, min(start + predictor.batch_size, len(files))):
             try:
-                batch.append((i, read_rgb_image(files[i])))
+                batch.append((i, read_image(files[i], "RGB")))
             except OSError as e:  # includes FileNotFoundError / IsADirectoryError
                 failures.append((files[i], str(e)))
                 logger.error("skipped %s: %s", files[i], e)

@@ -3,6 +3,7 @@
 Tokenisation happens in the data mappers and the predictor, never inside the model.
 """
 
+from .noun_phrases import find_noun_phrases
 from .od_to_grounding import (
     SampledPrompt,
     count_name_tokens,
@@ -31,6 +32,7 @@ __all__ = [
     "chunk_names",
     "clean_name",
     "count_name_tokens",
+    "find_noun_phrases",
     "full_category_prompt",
     "is_valid_span",
     "load_tokenizer",
