@@ -6,9 +6,63 @@ detectron2's own defaults get wrong for FIBER. Paper: Dou et al., "Coarse-to-Fin
 Pre-training with Fusion in the Backbone", NeurIPS 2022 (arXiv 2206.07643).
 """
 
-from detectron2.config import CfgNode as CN
+import os
+from typing import Optional, Sequence
 
-__all__ = ["add_fiber_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from . import model_zoo
+from .data.datasets.custom import register_custom_datasets
+
+__all__ = ["add_fiber_config", "load_config"]
+
+
+def load_config(
+    config_file: Optional[str],
+    opts: Sequence = (),
+    *,
+    weights: Optional[str] = None,
+    device: Optional[str] = None,
+    freeze: bool = True,
+) -> CN:
+    """The config of a run: detectron2's defaults, the FIBER keys, a yaml file, then overrides.
+
+    The dataset of ``DATASETS.CUSTOM`` (your own json files) is registered here, the one place
+    where a config becomes a run's config (:func:`fiber_det.data.register_custom_datasets`).
+
+    Args:
+        config_file: a yaml file, or a path relative to ``configs/`` of the shipped configs
+            (:func:`fiber_det.model_zoo.get_config_file`), e.g. ``"fiber_b/eval/coco.yaml"``;
+            empty or None: the defaults only.
+        opts: ``KEY VALUE`` overrides, as on the command line.
+        weights: overrides ``MODEL.WEIGHTS``; device: overrides ``MODEL.DEVICE``.
+        freeze: return a frozen config.
+    """
+    cfg = add_fiber_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(_resolve_config_file(os.fspath(config_file)))
+    cfg.merge_from_list(list(opts))
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = weights
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    register_custom_datasets(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _resolve_config_file(path: str) -> str:
+    """A yaml file as given, else the shipped config of that relative path."""
+    if os.path.isfile(path):
+        return path
+    try:
+        return model_zoo.get_config_file(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(
+            f"config file {path} not found (neither a file nor a shipped config: {e})"
+        ) from e
 
 
 def add_fiber_config(cfg: CN) -> CN:
@@ -34,6 +88,10 @@ def _add_model_keys(cfg: CN) -> None:
     # DropBlock on the FPN laterals in training (official MODEL.FPN.DROP_BLOCK, p=0.3, size 3).
     cfg.MODEL.FPN.DROP_BLOCK_PROB = 0.0
     cfg.MODEL.FPN.DROP_BLOCK_SIZE = 3
+    # Weight files (MODEL.WEIGHTS, SWIN.WEIGHTS, LANGUAGE.WEIGHTS) are read as tensors only. True
+    # also reads pickled Python objects (.pkl files, checkpoints with objects), which RUNS CODE
+    # from the file: only for files you trust; better, convert them once to .pth / .safetensors.
+    cfg.MODEL.WEIGHTS_ALLOW_PICKLE = False
 
     cfg.MODEL.FIBER = CN()
     # Legacy "+1" box conventions of maskrcnn_benchmark (box coder, anchors, ATSS IoU, NMS IoU,
@@ -266,6 +324,11 @@ def _add_train_keys(cfg: CN) -> None:
     # (GLIP "language_prompt_v2"); with LINEAR_PROBE both (GLIP "language_prompt_v4").
     cfg.MODEL.FIBER.LINEAR_PROBE = False
 
+    # The training stream (fiber_det/data/samplers.py): "MixedTrainingSampler" (the official random
+    # order over the concatenated DATASETS.TRAIN, with the COPIES / SAMPLING_RATIOS below),
+    # detectron2's "TrainingSampler", or "RepeatFactorTrainingSampler" (LVIS-style repeat factors,
+    # DATALOADER.REPEAT_THRESHOLD). All are resumable and seed each image by its stream position.
+    cfg.DATALOADER.SAMPLER_TRAIN = "MixedTrainingSampler"
     cfg.DATALOADER.FIBER = CN()
     # Whole-number copies of each DATASETS.TRAIN entry in the concatenated training set
     # (official *_COPY / GENERAL_COPY); [] = 1 each.
@@ -278,9 +341,9 @@ def _add_train_keys(cfg: CN) -> None:
     cfg.DATALOADER.FIBER.FEW_SHOT = 0
     cfg.DATALOADER.FIBER.FEW_SHOT_SEED = 0
 
-    # A dataset of your own, registered from the config as "custom_train" / "custom_val"
-    # (tools/train_net.py; configs/fiber_b/custom_finetune.yaml): COCO-format detection json or
-    # MDETR-format grounding json ("grounding").
+    # A dataset of your own, registered as "custom_train" / "custom_val" when the config is loaded
+    # (fiber_det.config.load_config; configs/fiber_b/custom_finetune.yaml): COCO-format detection
+    # json or MDETR-format grounding json ("grounding").
     cfg.DATASETS.CUSTOM = CN()
     cfg.DATASETS.CUSTOM.FORMAT = "detection"
     cfg.DATASETS.CUSTOM.TRAIN_JSON = ""

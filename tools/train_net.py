@@ -23,27 +23,23 @@ Your own COCO-format data on one GPU: configs/fiber_b/custom_finetune.yaml. Eval
 
 import logging
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fiber_det import add_fiber_config
-from fiber_det.checkpoint import FIBERCheckpointer
-from fiber_det.engine import Trainer, load_ema_weights, register_custom_datasets
+from fiber_det.checkpoint import build_and_load_model
+from fiber_det.config import load_config
+from fiber_det.engine import Trainer
 from fiber_det.evaluation import log_benchmark_summary
 
 logger = logging.getLogger("fiber_det")
 
 
 def setup(args):
-    """Config from the file and the command line, logging, output folder."""
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    """Config from the file and the command line (``DATASETS.CUSTOM`` registered), logging,
+    output folder."""
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_det")
     return cfg
@@ -52,12 +48,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        register_custom_datasets(cfg)
-        model = Trainer.build_model(cfg)
-        checkpointer = FIBERCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        if cfg.SOLVER.FIBER.USE_EMA_FOR_EVAL and not load_ema_weights(model, checkpoint):
-            logger.warning("SOLVER.FIBER.USE_EMA_FOR_EVAL: the checkpoint has no model_ema")
+        model = build_and_load_model(cfg, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

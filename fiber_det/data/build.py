@@ -1,34 +1,54 @@
-"""Data loaders for FIBER: detectron2's loaders with the FIBER mapper and mixed datasets.
+"""The data loaders of fiber-det: one training loader (every sampler, mixed datasets,
+resumable) and the evaluation loader.
 
-``build_fiber_train_loader(cfg)`` concatenates every dataset of ``DATASETS.TRAIN`` (detection and
-grounding datasets may be mixed, as in FIBER pre-training: Objects365 + GoldG + Flickr30k),
-tags each dict with ``source_dataset`` so that the mapper can find its metadata, filters images
-without usable boxes like the official code, and wraps ``build_detection_train_loader``.
-``build_fiber_test_loader(cfg, name)`` wraps ``build_detection_test_loader`` with batch size 1
-by default (official evaluation).
+``build_fiber_train_loader(cfg)`` loads every dataset of ``DATASETS.TRAIN`` (detection and
+grounding datasets may be mixed, as in FIBER pre-training: Objects365 + GoldG + Flickr30k; each
+dict tagged with ``source_dataset`` so the mapper finds its metadata), filters images without
+usable boxes like the official code, optionally cuts few-shot subsets and copies datasets, and
+streams them with the sampler of ``DATALOADER.SAMPLER_TRAIN`` (:mod:`.samplers`):
+
+* ``MixedTrainingSampler`` (default): the official random order over the concatenation, with
+  ``DATALOADER.FIBER.COPIES`` or ``SAMPLING_RATIOS``, resumable in O(1);
+* ``TrainingSampler`` / ``RepeatFactorTrainingSampler``: detectron2's samplers (the latter with
+  LVIS-style repeat factors, ``DATALOADER.REPEAT_THRESHOLD``), resumable by fast-forward.
+
+Whatever the sampler, each image's augmentation and prompt sampling are seeded by its stream
+position, so ``--resume`` continues with the batches of the uninterrupted run. Batching
+(aspect-ratio grouping, workers) is detectron2's ``build_batch_data_loader``.
+``build_fiber_test_loader(cfg, name)`` wraps ``build_detection_test_loader`` with batch size 1 by
+default (official evaluation).
 """
 
 import logging
+import random
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from detectron2.data import (
-    DatasetCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data.build import build_batch_data_loader
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.structures import BoxMode
+from detectron2.utils import comm
 
+from .datasets.custom import CUSTOM_TRAIN, CUSTOM_VAL
 from .mapper import FIBERDatasetMapper
+from .samplers import MixedTrainingSampler, NegativeBatchFilter, PositionedSampler, SeededMapDataset
 
 __all__ = [
+    "TRAIN_SAMPLERS",
+    "TrainingSet",
     "build_fiber_test_loader",
     "build_fiber_train_loader",
+    "build_train_sampler",
+    "few_shot_subset",
     "get_fiber_dataset_dicts",
     "has_valid_annotation",
+    "load_training_set",
 ]
 
 logger = logging.getLogger(__name__)
+
+TRAIN_SAMPLERS = ("MixedTrainingSampler", "TrainingSampler", "RepeatFactorTrainingSampler")
 
 
 def has_valid_annotation(annotations: Sequence[Dict]) -> bool:
@@ -59,6 +79,12 @@ def get_fiber_dataset_dicts(names: Sequence[str], *, filter_empty: bool = False)
         raise ValueError("no dataset given: set DATASETS.TRAIN / DATASETS.TEST")
     all_dicts = []
     for name in names:
+        if name in (CUSTOM_TRAIN, CUSTOM_VAL) and name not in DatasetCatalog:
+            raise KeyError(
+                f"dataset {name!r} is not registered: set DATASETS.CUSTOM.TRAIN_JSON / "
+                "TRAIN_IMAGES (VAL_JSON / VAL_IMAGES for custom_val) and load the config with "
+                "fiber_det.config.load_config, or call fiber_det.data.register_custom_datasets(cfg)"
+            )
         if name not in DatasetCatalog:
             raise KeyError(
                 f"dataset {name!r} is not registered: register it with "
@@ -87,42 +113,154 @@ def get_fiber_dataset_dicts(names: Sequence[str], *, filter_empty: bool = False)
     return all_dicts
 
 
-def _train_sampler(cfg, dicts: List[Dict]):
-    name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name == "TrainingSampler":
-        return TrainingSampler(len(dicts))
-    if name == "RepeatFactorTrainingSampler":
-        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-            dicts, cfg.DATALOADER.REPEAT_THRESHOLD
+# -- the training set --------------------------------------------------------------------------
+def few_shot_subset(dicts: List[Dict], shots: int, seed: int = 0) -> List[Dict]:
+    """Official few-shot selection (``FEW_SHOT``; maskrcnn_benchmark ``coco.py``).
+
+    Images are visited in file order (shuffled with ``random.Random(seed)`` when ``seed`` != 0);
+    an image is kept when one of its categories still needs examples, and then counts once for
+    every category it contains.
+    """
+    order = list(dicts)
+    if seed:
+        random.Random(seed).shuffle(order)
+    needed: Dict[int, int] = {}
+    kept = []
+    for d in order:
+        cats = {int(a["category_id"]) for a in d.get("annotations", [])}
+        if any(needed.get(c, shots) > 0 for c in cats):
+            kept.append(d)
+            for c in cats:
+                needed[c] = needed.get(c, shots) - 1
+    return kept
+
+
+@dataclass
+class TrainingSet:
+    """Dataset dicts of ``DATASETS.TRAIN`` (one list per dataset) and their copies / ratios."""
+
+    names: List[str]
+    dicts: List[List[Dict]]
+    copies: List[int]
+    ratios: List[float]
+
+    def __len__(self) -> int:
+        """Images per epoch, copies included (the official dataset length)."""
+        return sum(len(d) * c for d, c in zip(self.dicts, self.copies))
+
+    def describe(self) -> str:
+        parts = [
+            f"{n}: {len(d)} images x{c}" + (f" (p={r:.3g})" if self.ratios else "")
+            for n, d, c, r in zip(self.names, self.dicts, self.copies, self.ratios or self.copies)
+        ]
+        return f"training set of {len(self)} images per epoch: " + "; ".join(parts)
+
+
+def _per_dataset(values: Sequence, names: Sequence[str], key: str, default) -> List:
+    if not values:
+        return [default] * len(names)
+    if len(values) != len(names):
+        raise ValueError(
+            f"{key} has {len(values)} values for {len(names)} datasets in DATASETS.TRAIN "
+            f"{list(names)}: give one per dataset (or [] for the default)"
         )
-        return RepeatFactorTrainingSampler(factors)
-    raise ValueError(
-        f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported by build_fiber_train_loader: use "
-        "TrainingSampler (official) or RepeatFactorTrainingSampler"
+    return list(values)
+
+
+def load_training_set(cfg) -> TrainingSet:
+    """Load the training datasets of ``cfg`` (see module docstring)."""
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty: name the training datasets")
+    opts = cfg.DATALOADER.FIBER
+    copies = [int(c) for c in _per_dataset(opts.COPIES, names, "DATALOADER.FIBER.COPIES", 1)]
+    if any(c < 1 for c in copies):
+        raise ValueError(f"DATALOADER.FIBER.COPIES must be whole numbers >= 1, got {copies}")
+    ratios = list(opts.SAMPLING_RATIOS)
+    if ratios:
+        ratios = _per_dataset(ratios, names, "DATALOADER.FIBER.SAMPLING_RATIOS", 1.0)
+        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise ValueError(f"DATALOADER.FIBER.SAMPLING_RATIOS must be >= 0, not all 0: {ratios}")
+        total = float(sum(ratios))
+        ratios = [r / total for r in ratios]
+    dicts = []
+    for name in names:
+        d = get_fiber_dataset_dicts([name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        grounding = MetadataCatalog.get(name).get("data_format", "detection") == "grounding"
+        if opts.FEW_SHOT > 0 and grounding:
+            logger.info("%s: grounding data, FEW_SHOT (per category) does not apply", name)
+        elif opts.FEW_SHOT > 0:
+            n = len(d)
+            d = few_shot_subset(d, opts.FEW_SHOT, opts.FEW_SHOT_SEED)
+            logger.info("%s: %d-shot subset of %d of %d images", name, opts.FEW_SHOT, len(d), n)
+        dicts.append(d)
+    out = TrainingSet(names=names, dicts=dicts, copies=copies, ratios=ratios)
+    logger.info("%s", out.describe())
+    return out
+
+
+# -- the training loader ------------------------------------------------------------------------
+def build_train_sampler(cfg, training_set: TrainingSet, seed: int):
+    """The ``(position, index)`` stream of ``DATALOADER.SAMPLER_TRAIN`` over ``training_set``."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    sizes = [len(d) for d in training_set.dicts]
+    if name == "MixedTrainingSampler":
+        return MixedTrainingSampler(
+            sizes, copies=training_set.copies, ratios=training_set.ratios, seed=seed
+        )
+    if name not in TRAIN_SAMPLERS:
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN {name!r} is not supported: use one of {TRAIN_SAMPLERS}"
+        )
+    if training_set.ratios or any(c != 1 for c in training_set.copies):
+        raise ValueError(
+            f"DATALOADER.FIBER.COPIES / SAMPLING_RATIOS need DATALOADER.SAMPLER_TRAIN "
+            f"MixedTrainingSampler, not {name}"
+        )
+    dicts = [d for part in training_set.dicts for d in part]
+    if name == "TrainingSampler":
+        return PositionedSampler(TrainingSampler(len(dicts), seed=seed))
+    factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+        dicts, cfg.DATALOADER.REPEAT_THRESHOLD
     )
+    return PositionedSampler(RepeatFactorTrainingSampler(factors, seed=seed))
 
 
-def build_fiber_train_loader(cfg, mapper: Optional[Callable] = None):
-    """The training loader of ``cfg.DATASETS.TRAIN`` (infinite stream of lists of inputs).
+def build_fiber_train_loader(
+    cfg,
+    mapper: Optional[Callable] = None,
+    *,
+    training_set: Optional[TrainingSet] = None,
+    seed: Optional[int] = None,
+) -> NegativeBatchFilter:
+    """The training loader of ``cfg`` (an infinite stream of lists of model inputs).
 
     Args:
         cfg: config with the FIBER keys.
         mapper: default :class:`FIBERDatasetMapper` (``is_train=True``), built after the datasets
             are loaded so that it snapshots their vocabularies.
+        training_set: the loaded ``DATASETS.TRAIN`` (:func:`load_training_set`), if the caller
+            already has it.
+        seed: stream seed; default ``SEED``, or a seed shared by all processes when it is < 0.
+    Returns:
+        an iterable of batches with ``.sampler`` (``set_start_iter`` for resuming).
     """
-    dicts = get_fiber_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
+    if training_set is None:
+        training_set = load_training_set(cfg)
+    if seed is None:
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     if mapper is None:
-        mapper = FIBERDatasetMapper(cfg, True, dataset_names=cfg.DATASETS.TRAIN)
-    return build_detection_train_loader(
-        dataset=dicts,
-        mapper=mapper,
-        sampler=_train_sampler(cfg, dicts),
-        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        mapper = FIBERDatasetMapper(cfg, True, dataset_names=training_set.names)
+    sampler = build_train_sampler(cfg, training_set, seed)
+    dicts = [d for part in training_set.dicts for d in part]
+    loader = build_batch_data_loader(
+        SeededMapDataset(dicts, mapper, seed),
+        sampler,
+        cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
+    return NegativeBatchFilter(loader, cfg.SOLVER.FIBER.MAX_NEG_PER_BATCH, sampler=sampler)
 
 
 def build_fiber_test_loader(

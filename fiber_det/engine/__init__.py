@@ -1,44 +1,33 @@
-"""Training of FIBER: the detectron2 ``Trainer`` and its parts (hooks, EMA, data, freezes)."""
+"""Training of FIBER: the ``Trainer`` (detectron2's trainer base and hooks) and its parts (hooks,
+EMA, freezes). The data side (datasets, samplers, the training loader) is in ``fiber_det.data``,
+checkpoints in ``fiber_det.checkpoint``."""
 
-from .checkpoint import FIBERTrainingCheckpointer
-from .custom_data import CUSTOM_TRAIN, CUSTOM_VAL, register_custom_datasets
-from .data import (
-    MixedTrainingSampler,
-    NegativeBatchFilter,
-    SeededMapDataset,
-    TrainingSet,
-    build_mixed_train_loader,
-    few_shot_subset,
-    load_training_set,
-)
-from .ema import ModelEMA, load_ema_weights
+from .ema import ModelEMA
 from .freeze import LINEAR_PROBE_PARAMS, apply_training_freezes, freeze_module, trainable_summary
-from .hooks import EMAHook, FIBERLRScheduler, FIBERMetricPrinter, MetricMonitor, ReseedHook
-from .trainer import Trainer, resolve_training_schedule
+from .hooks import (
+    EMAHook,
+    FIBERLRScheduler,
+    FIBERMetricPrinter,
+    MetricMonitor,
+    ReseedHook,
+    TrainingStopped,
+)
+from .trainer import Trainer, prepare_training_config, resolve_training_schedule, scale_to_world
 
 __all__ = [
-    "CUSTOM_TRAIN",
-    "CUSTOM_VAL",
     "EMAHook",
     "FIBERLRScheduler",
     "FIBERMetricPrinter",
-    "FIBERTrainingCheckpointer",
     "LINEAR_PROBE_PARAMS",
     "MetricMonitor",
-    "MixedTrainingSampler",
     "ModelEMA",
-    "NegativeBatchFilter",
     "ReseedHook",
-    "SeededMapDataset",
     "Trainer",
-    "TrainingSet",
+    "TrainingStopped",
     "apply_training_freezes",
-    "build_mixed_train_loader",
-    "few_shot_subset",
     "freeze_module",
-    "load_ema_weights",
-    "load_training_set",
-    "register_custom_datasets",
+    "prepare_training_config",
     "resolve_training_schedule",
+    "scale_to_world",
     "trainable_summary",
 ]

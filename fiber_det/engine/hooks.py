@@ -12,8 +12,8 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, get_event_storage
 
+from ..data.samplers import mix_seed
 from ..solver.lr_scheduler import WarmupReduceLROnPlateau, weight_decay_multiplier
-from .data import _mix
 from .ema import ModelEMA
 
 __all__ = [
@@ -22,10 +22,19 @@ __all__ = [
     "FIBERMetricPrinter",
     "MetricMonitor",
     "ReseedHook",
+    "TrainingStopped",
     "group_of_family",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingStopped(BaseException):
+    """Raised by :class:`MetricMonitor` to end the training early (official auto-termination).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that detectron2's loop does not log it
+    as a crash; its ``finally`` still runs every hook's ``after_train``.
+    """
 
 
 def group_of_family(optimizer: torch.optim.Optimizer, family: str) -> Optional[int]:
@@ -50,7 +59,7 @@ class ReseedHook(HookBase):
         self.seed = int(seed)
 
     def before_step(self):
-        seed_all_rng(_mix(self.seed, self.trainer.iter, comm.get_rank()) % (2**31))
+        seed_all_rng(mix_seed(self.seed, self.trainer.iter, comm.get_rank()) % (2**31))
 
 
 class FIBERLRScheduler(HookBase):
@@ -126,7 +135,7 @@ class MetricMonitor(HookBase):
     Official ``USE_AUTOSTEP`` / ``AUTO_TERMINATE_PATIENCE`` (microsoft/FIBER ``engine/trainer.py``):
     the metric (broadcast from the main process) drives :class:`WarmupReduceLROnPlateau`; with a
     patience, a better value saves ``model_best`` and ``patience`` evaluations in a row below the
-    best stop the training (the trainer checks ``should_stop`` after each iteration).
+    best stop the training: ``model_final`` is saved and :class:`TrainingStopped` raised.
 
     Args:
         metric (str): flattened results key, e.g. "bbox/AP".
@@ -182,13 +191,12 @@ class MetricMonitor(HookBase):
             self.patience,
         )
         if self.bad_evals >= self.patience:
-            logger.info(
-                "Auto-termination at iteration %d: best %s %.4f",
-                self.trainer.iter,
-                self.metric,
-                self.best,
-            )
             self.should_stop = True
+            self.checkpointer.save("model_final", iteration=self.trainer.iter)
+            raise TrainingStopped(
+                f"Auto-termination at iteration {self.trainer.iter}: best {self.metric} "
+                f"{self.best:.4f} (model_best.pth), last weights in model_final.pth"
+            )
 
     def state_dict(self):
         return {"best": self.best, "bad_evals": self.bad_evals, "should_stop": self.should_stop}

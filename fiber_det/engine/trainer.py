@@ -1,51 +1,70 @@
-"""``Trainer``: detectron2's ``DefaultTrainer`` with the FIBER training recipe.
+"""``Trainer``: FIBER training on detectron2's trainer base and hooks.
 
-What it adds to ``DefaultTrainer`` (official behaviour: microsoft/FIBER ``engine/trainer.py``,
-``solver/``, ``tools/train_net.py`` / ``finetune.py``):
+The trainer is a detectron2 ``TrainerBase`` (its hook protocol and loop) with the ``build_*``
+class methods of ``DefaultTrainer`` (``build_model``, ``build_optimizer``,
+``build_lr_scheduler``, ``build_train_loader``, ``build_test_loader``, ``build_evaluator``,
+``test``) and a ``SimpleTrainer`` / ``AMPTrainer`` for the step, as ``DefaultTrainer`` composes
+them. It does not derive from ``DefaultTrainer``, whose constructor wraps every model with GPU
+``device_ids`` (so no CPU multi-process training) and without ``find_unused_parameters``.
+Everything FIBER adds to the standard loop is a hook (:mod:`.hooks`):
 
-* the official AdamW parameter groups, gradient clipping and schedules
-  (:mod:`fiber_det.solver`), the weight-decay schedule, epochs -> iterations
-  (``SOLVER.FIBER.MAX_EPOCH``), the ODinW plateau schedule with early termination;
-* the official freezes (:mod:`fiber_det.engine.freeze`);
-* the mixed, resumable training stream (:mod:`fiber_det.engine.data`) with reproducible
-  per-image randomness, and per-iteration reseeding, so ``--resume`` continues with the batches
-  and random draws of the uninterrupted run (``SEED`` >= 0). Two cases shift the stream after a
-  resume: batches replaced for too many images without boxes (``MAX_NEG_PER_BATCH``) before the
-  interruption, and aspect-ratio grouping (``DATALOADER.ASPECT_RATIO_GROUPING``) with images of
-  both orientations or several loader workers (the same images, grouped into other batches);
-* model EMA saved in checkpoints as ``model_ema`` (optionally used for evaluation);
-* atomic checkpoints; ``MODEL.WEIGHTS`` may be an official or a coarse-grained FIBER file; with
-  ``MODEL.WEIGHTS`` empty, ``MODEL.SWIN.WEIGHTS`` / ``MODEL.LANGUAGE.WEIGHTS`` initialise the
-  encoders; what was loaded is written to ``OUTPUT_DIR/initialization.txt``;
-* AMP on GPU (detectron2's ``AMPTrainer``; off on CPU), logs with ``lr`` / ``lr_lang``.
+* :class:`FIBERLRScheduler`: the official schedules and the weight-decay schedule;
+* :class:`EMAHook`: model EMA, saved in checkpoints as ``model_ema`` (optionally used for eval);
+* :class:`ReseedHook`: dropout / drop-path draws seeded per iteration, so ``--resume`` continues
+  with the random draws of the uninterrupted run;
+* :class:`MetricMonitor`: the ODinW plateau schedule, ``model_best`` and early termination.
+
+Before the model is built, the config is completed (:func:`prepare_training_config`: epochs ->
+iterations, scaling to the number of processes) and the RNGs are seeded from ``SEED``. Also from
+the official recipes (microsoft/FIBER ``engine/trainer.py``, ``solver/``,
+``tools/train_net.py`` / ``finetune.py``): the official AdamW parameter groups, gradient
+clipping, the official freezes (:mod:`.freeze`), the mixed, resumable training stream
+(:func:`fiber_det.data.build_fiber_train_loader`), atomic checkpoints (``FIBERCheckpointer``: any
+weights format in ``MODEL.WEIGHTS``; with it empty, ``MODEL.SWIN.WEIGHTS`` /
+``MODEL.LANGUAGE.WEIGHTS`` initialise the encoders; what was loaded is written to
+``OUTPUT_DIR/initialization.txt``), AMP on GPU, logs with ``lr`` / ``lr_lang``.
 """
 
 import logging
 import os
 import weakref
 from collections import OrderedDict
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import verify_results
+from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint import FIBERCheckpointer
 from ..checkpoint.pretrained import load_pretrained_encoders
+from ..data import (
+    FIBERDatasetMapper,
+    TrainingSet,
+    build_fiber_test_loader,
+    build_fiber_train_loader,
+    load_training_set,
+)
+from ..evaluation import build_evaluator
 from ..solver import build_fiber_lr_scheduler, build_fiber_optimizer
 from ..utils.io import atomic_open
-from .checkpoint import FIBERTrainingCheckpointer
-from .custom_data import register_custom_datasets
-from .data import build_mixed_train_loader, load_training_set
 from .ema import ModelEMA
 from .freeze import apply_training_freezes
-from .hooks import EMAHook, FIBERLRScheduler, FIBERMetricPrinter, MetricMonitor, ReseedHook
+from .hooks import (
+    EMAHook,
+    FIBERLRScheduler,
+    FIBERMetricPrinter,
+    MetricMonitor,
+    ReseedHook,
+    TrainingStopped,
+)
 
-__all__ = ["Trainer", "resolve_training_schedule"]
+__all__ = ["Trainer", "prepare_training_config", "resolve_training_schedule", "scale_to_world"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +105,23 @@ def resolve_training_schedule(cfg, num_images: int):
     return cfg
 
 
-def _use_amp(cfg) -> bool:
-    if not cfg.SOLVER.AMP.ENABLED:
-        return False
-    if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available():
-        return True
-    logger.warning("SOLVER.AMP.ENABLED needs a GPU: training in float32 on %s", cfg.MODEL.DEVICE)
-    return False
+def scale_to_world(cfg, world_size: int):
+    """detectron2's linear scaling for ``SOLVER.REFERENCE_WORLD_SIZE`` (0: off;
+    ``DefaultTrainer.auto_scale_workers``), which also scales ``SOLVER.FIBER.LANG_LR`` and keeps
+    fractional ``SOLVER.STEPS`` (milestones given as fractions of the run) as fractions."""
+    old = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if old == 0 or old == world_size:
+        return cfg
+    steps = list(cfg.SOLVER.STEPS)
+    out = DefaultTrainer.auto_scale_workers(cfg, world_size)
+    frozen = out.is_frozen()
+    out.defrost()
+    scale = world_size / old
+    out.SOLVER.STEPS = tuple(s if s < 1 else int(round(s / scale)) for s in steps)
+    out.SOLVER.FIBER.LANG_LR = cfg.SOLVER.FIBER.LANG_LR * scale
+    if frozen:
+        out.freeze()
+    return out
 
 
 def _check_monitoring(cfg) -> None:
@@ -106,77 +135,116 @@ def _check_monitoring(cfg) -> None:
         )
 
 
-class Trainer(DefaultTrainer):
-    """FIBER trainer (see module docstring). Usage as detectron2's::
+def prepare_training_config(cfg, num_images: int, world_size: int):
+    """The config a run trains with: epoch-based keys resolved for ``num_images`` training
+    images (:func:`resolve_training_schedule`), scaled to ``world_size`` processes
+    (:func:`scale_to_world`), monitoring keys checked."""
+    cfg = scale_to_world(resolve_training_schedule(cfg, num_images), world_size)
+    _check_monitoring(cfg)
+    return cfg
 
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    trainer.train()
+
+def _use_amp(cfg) -> bool:
+    if not cfg.SOLVER.AMP.ENABLED:
+        return False
+    if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available():
+        return True
+    logger.warning("SOLVER.AMP.ENABLED needs a GPU: training in float32 on %s", cfg.MODEL.DEVICE)
+    return False
+
+
+def _distributed(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """DDP over the processes of ``launch`` (CPU processes too, which detectron2's
+    ``create_ddp_model`` does not handle), with ``SOLVER.FIBER.FIND_UNUSED_PARAMETERS``."""
+    if comm.get_world_size() == 1:
+        return model
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return DistributedDataParallel(
+        model,
+        device_ids=None if on_cpu else [comm.get_local_rank()],
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.SOLVER.FIBER.FIND_UNUSED_PARAMETERS,
+    )
+
+
+class Trainer(TrainerBase):
+    """FIBER trainer (see module docstring). Usage as detectron2's ``DefaultTrainer``::
+
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+
+    Attributes:
+        cfg: the config trained with (after :func:`prepare_training_config`).
+        model, optimizer, data_loader: those of the step runner (as ``DefaultTrainer``).
+        scheduler, checkpointer, ema (ModelEMA or None), monitor (MetricMonitor).
+        init_reports: what the initialisation loaded (written to ``initialization.txt``).
     """
 
     def __init__(self, cfg):
-        TrainerBase.__init__(self)
+        super().__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        register_custom_datasets(cfg)
         training_set = load_training_set(cfg)
-        cfg = resolve_training_schedule(cfg, len(training_set))
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
-        _check_monitoring(cfg)
+        cfg = prepare_training_config(cfg, len(training_set), comm.get_world_size())
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         if cfg.SEED >= 0:
             # As detectron2's default_setup does (train_net.py calls it too), so that a Trainer
             # built anywhere else (the demo, a notebook) initialises the same model every time.
             seed_all_rng(cfg.SEED + comm.get_rank())
-
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg, training_set=training_set, seed=self.seed)
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        device_ids = None if on_cpu else [comm.get_local_rank()]
-        model = create_ddp_model(
-            model,
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.SOLVER.FIBER.FIND_UNUSED_PARAMETERS,
-            device_ids=device_ids,
-        )
-        self._trainer = (AMPTrainer if _use_amp(cfg) else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        model = _distributed(model, cfg)
+        step_runner = AMPTrainer if _use_amp(cfg) else SimpleTrainer
+        self._trainer = step_runner(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         decay = cfg.SOLVER.FIBER.MODEL_EMA
         self.ema = ModelEMA(model, decay) if decay > 0 else None
         checkpointables = {"trainer": weakref.proxy(self)}
         if self.ema is not None:
             checkpointables["model_ema"] = self.ema
-        self.checkpointer = FIBERTrainingCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+        self.checkpointer = FIBERCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE,
+            **checkpointables,
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        self.init_reports = []
+        self.init_reports: List = []
         self.register_hooks(self.build_hooks())
 
-    @staticmethod
-    def auto_scale_workers(cfg, num_workers: int):
-        """detectron2's linear scaling for ``SOLVER.REFERENCE_WORLD_SIZE`` (0: off), which also
-        scales ``SOLVER.FIBER.LANG_LR`` and keeps fractional ``SOLVER.STEPS`` as fractions."""
-        old = cfg.SOLVER.REFERENCE_WORLD_SIZE
-        if old == 0 or old == num_workers:
-            return cfg
-        steps = list(cfg.SOLVER.STEPS)
-        out = DefaultTrainer.auto_scale_workers(cfg, num_workers)
-        frozen = out.is_frozen()
-        out.defrost()
-        scale = num_workers / old
-        out.SOLVER.STEPS = tuple(s if s < 1 else int(round(s / scale)) for s in steps)
-        out.SOLVER.FIBER.LANG_LR = cfg.SOLVER.FIBER.LANG_LR * scale
-        if frozen:
-            out.freeze()
-        return out
+    # -- the step runner's objects, as DefaultTrainer exposes them ------------------------------
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._trainer.model
 
-    # -- builders ----------------------------------------------------------------------------
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._trainer.optimizer
+
+    @property
+    def data_loader(self):
+        return self._trainer.data_loader
+
+    def run_step(self):
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
+    # -- builders (detectron2's DefaultTrainer class methods) -----------------------------------
     @classmethod
-    def build_model(cls, cfg):
+    def build_model(cls, cfg) -> torch.nn.Module:
         """detectron2's ``build_model`` plus the training freezes of ``cfg``."""
         model = build_model(cfg)
         apply_training_freezes(model, cfg)
@@ -192,43 +260,57 @@ class Trainer(DefaultTrainer):
         return build_fiber_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def build_train_loader(cls, cfg, training_set=None, seed=None):
-        """The mixed, resumable training loader (:func:`build_mixed_train_loader`)."""
-        from ..data import FIBERDatasetMapper
-
-        if training_set is None:
-            register_custom_datasets(cfg)
-            training_set = load_training_set(cfg)
-        if seed is None:
-            seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        mapper = FIBERDatasetMapper(cfg, True, dataset_names=list(cfg.DATASETS.TRAIN))
-        return build_mixed_train_loader(cfg, training_set, mapper, seed)
+    def build_train_loader(
+        cls, cfg, training_set: Optional[TrainingSet] = None, seed: Optional[int] = None
+    ):
+        """The training loader of :func:`fiber_det.data.build_fiber_train_loader`."""
+        names = training_set.names if training_set is not None else list(cfg.DATASETS.TRAIN)
+        mapper = FIBERDatasetMapper(cfg, True, dataset_names=names)
+        return build_fiber_train_loader(cfg, mapper, training_set=training_set, seed=seed)
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
-        from ..data import build_fiber_test_loader
-
-        register_custom_datasets(cfg)
+    def build_test_loader(cls, cfg, dataset_name: str):
         return build_fiber_test_loader(cfg, dataset_name)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import build_evaluator
-
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
-    def build_writers(self):
+    @classmethod
+    def test(cls, cfg, model: torch.nn.Module, evaluators=None) -> Dict:
+        """Evaluate ``model`` on every dataset of ``DATASETS.TEST`` (as ``DefaultTrainer.test``).
+
+        Args:
+            evaluators: one per test dataset, or None to build them with ``build_evaluator``.
+        Returns:
+            ``{dataset: results}``, or the results alone for a single dataset.
+        """
+        names = list(cfg.DATASETS.TEST)
+        if evaluators is not None and len(evaluators) != len(names):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(names)} DATASETS.TEST")
+        results = OrderedDict()
+        for i, name in enumerate(names):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
+            results[name] = inference_on_dataset(model, loader, evaluator)
+            if comm.is_main_process():
+                logger.info("Evaluation results for %s in csv format:", name)
+                print_csv_format(results[name])
+        return list(results.values())[0] if len(results) == 1 else results
+
+    def build_writers(self) -> List:
         """Console printer (ETA, losses, ``lr`` / ``lr_lang``, memory), JSON and TensorBoard."""
         out = self.cfg.OUTPUT_DIR
         os.makedirs(out, exist_ok=True)
-        period = self.cfg.SOLVER.FIBER.LOG_PERIOD
+        window = max(self.cfg.SOLVER.FIBER.LOG_PERIOD, 1)
         return [
-            FIBERMetricPrinter(self.max_iter, window_size=max(period, 1)),
-            JSONWriter(os.path.join(out, "metrics.json"), window_size=max(period, 1)),
-            TensorboardXWriter(out, window_size=max(period, 1)),
+            FIBERMetricPrinter(self.max_iter, window_size=window),
+            JSONWriter(os.path.join(out, "metrics.json"), window_size=window),
+            TensorboardXWriter(out, window_size=window),
         ]
 
-    def build_hooks(self):
+    def build_hooks(self) -> List:
+        """detectron2's standard hooks (timer, checkpoints, evaluation, writers) and FIBER's."""
         cfg, f = self.cfg, self.cfg.SOLVER.FIBER
         ret = [hooks.IterationTimer()]
         if f.SEED_PER_ITERATION and cfg.SEED >= 0:
@@ -248,26 +330,24 @@ class Trainer(DefaultTrainer):
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=max(f.LOG_PERIOD, 1)))
         return ret
 
-    # -- evaluation ----------------------------------------------------------------------------
-    def _evaluate(self):
+    def _evaluate(self) -> Dict:
         if self.ema is not None and self.cfg.SOLVER.FIBER.USE_EMA_FOR_EVAL:
             with self.ema.apply_to(self.model):
                 results = self.test(self.cfg, self.model)
         else:
             results = self.test(self.cfg, self.model)
         self._last_eval_results = results
-        self.monitor.report(results)
+        self.monitor.report(results)  # may stop the training (TrainingStopped)
         return results
 
     # -- loading -------------------------------------------------------------------------------
-    def resume_or_load(self, resume: bool = True):
+    def resume_or_load(self, resume: bool = True) -> None:
         """Resume from ``OUTPUT_DIR/last_checkpoint`` (``resume``) or initialise from
-        ``MODEL.WEIGHTS`` (official, coarse-grained or detectron2 file) or, when it is empty,
-        from ``MODEL.SWIN.WEIGHTS`` / ``MODEL.LANGUAGE.WEIGHTS``."""
+        ``MODEL.WEIGHTS`` (any format ``FIBERCheckpointer`` reads) or, when it is empty, from
+        ``MODEL.SWIN.WEIGHTS`` / ``MODEL.LANGUAGE.WEIGHTS``."""
         weights = self.cfg.MODEL.WEIGHTS
         self.checkpointer.resume_or_load(weights, resume=resume)
-        resumed = resume and self.checkpointer.has_checkpoint()
-        if resumed:
+        if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
         else:
             self._initialise_from_weights(weights)
@@ -281,7 +361,7 @@ class Trainer(DefaultTrainer):
     def _initialise_from_weights(self, weights: str) -> None:
         lang, swin = self.cfg.MODEL.LANGUAGE.WEIGHTS, self.cfg.MODEL.SWIN.WEIGHTS
         if weights:
-            report = getattr(self.checkpointer, "last_conversion_report", None)
+            report = self.checkpointer.last_conversion_report
             if report is not None:
                 self.init_reports.append(report)
             if lang or swin:
@@ -290,7 +370,7 @@ class Trainer(DefaultTrainer):
                 )
         else:
             inner = self.model.module if hasattr(self.model, "module") else self.model
-            self.init_reports += [r for r in load_pretrained_encoders(inner, self.cfg) if r]
+            self.init_reports += load_pretrained_encoders(inner, self.cfg)
             if not (lang or swin):
                 logger.warning(
                     "No MODEL.WEIGHTS / SWIN.WEIGHTS / LANGUAGE.WEIGHTS: training from scratch"
@@ -301,8 +381,9 @@ class Trainer(DefaultTrainer):
                 fh.write("\n\n".join(r.format() for r in self.init_reports) + "\n")
 
     # -- the loop ------------------------------------------------------------------------------
-    def train(self):
-        """Train from ``start_iter`` to ``MAX_ITER`` (or an early termination).
+    def train(self) -> Optional[Dict]:
+        """Train from ``start_iter`` to ``MAX_ITER`` with detectron2's loop, or until the
+        :class:`MetricMonitor` stops it early.
 
         Returns:
             the last evaluation results, if any.
@@ -310,25 +391,10 @@ class Trainer(DefaultTrainer):
         if self.monitor.should_stop:
             logger.info("This run already auto-terminated (see model_best.pth); nothing to do")
             return getattr(self, "_last_eval_results", None)
-        logger.info("Starting training from iteration %d", self.start_iter)
-        self.iter = self.start_iter
-        with EventStorage(self.start_iter) as self.storage:
-            try:
-                self.before_train()
-                for iteration in range(self.start_iter, self.max_iter):
-                    self.iter = iteration
-                    self.before_step()
-                    self.run_step()
-                    self.after_step()
-                    if self.monitor.should_stop:
-                        self.checkpointer.save("model_final", iteration=self.iter)
-                        break
-                self.iter += 1
-            except Exception:
-                logger.exception("Exception during training:")
-                raise
-            finally:
-                self.after_train()
+        try:
+            super().train(self.start_iter, self.max_iter)
+        except TrainingStopped as stop:
+            logger.info("%s", stop)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             verify_results(self.cfg, getattr(self, "_last_eval_results", OrderedDict()))
         return getattr(self, "_last_eval_results", None)

@@ -1,7 +1,8 @@
 """Register a dataset of your own from the config: ``DATASETS.CUSTOM`` -> custom_train / custom_val.
 
 Fine-tuning on any COCO-format detection json (or an MDETR-format grounding json) then needs no
-code, only the paths (``configs/fiber_b/custom_finetune.yaml``)::
+code, only the paths (``configs/fiber_b/custom_finetune.yaml``). ``fiber_det.config.load_config``
+registers them::
 
     tools/train_net.py --config-file configs/fiber_b/custom_finetune.yaml \\
         DATASETS.CUSTOM.TRAIN_JSON train.json DATASETS.CUSTOM.TRAIN_IMAGES images/ \\
@@ -13,6 +14,9 @@ from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .detection import register_detection_dataset
+from .grounding import register_grounding_dataset
+
 __all__ = ["CUSTOM_TRAIN", "CUSTOM_VAL", "register_custom_datasets"]
 
 logger = logging.getLogger(__name__)
@@ -21,8 +25,6 @@ CUSTOM_TRAIN, CUSTOM_VAL = "custom_train", "custom_val"
 
 
 def _register(name: str, json_file: str, image_root: str, custom) -> None:
-    from ..data import register_detection_dataset, register_grounding_dataset
-
     if name in DatasetCatalog:
         if MetadataCatalog.get(name).get("json_file", None) == json_file:
             return
@@ -60,11 +62,4 @@ def register_custom_datasets(cfg) -> List[str]:
             )
         _register(name, json_file, images, custom)
         names.append(name)
-    used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in (CUSTOM_TRAIN, CUSTOM_VAL)]
-    missing = [n for n in used if n not in names and n not in DatasetCatalog]
-    if missing:
-        raise ValueError(
-            f"{missing} used in DATASETS.TRAIN/TEST but not registered: set "
-            "DATASETS.CUSTOM.TRAIN_JSON / TRAIN_IMAGES (and VAL_JSON / VAL_IMAGES)"
-        )
     return names

@@ -1,46 +1,40 @@
-"""The training data of FIBER: mixed datasets, a resumable sample stream, reproducible images.
+"""The training stream of fiber-det: resumable, reproducible per image, for every sampler.
 
-* :func:`load_training_set`: the datasets of ``DATASETS.TRAIN`` (loaded with
-  ``fiber_det.data.get_fiber_dataset_dicts``; empty images filtered as officially), optionally cut
-  to a few-shot subset (official ``FEW_SHOT``, detection datasets), copied a whole number of times
-  (``DATALOADER.FIBER.COPIES``, official ``*_COPY`` / ``GENERAL_COPY``). Its size is the epoch
-  length of ``SOLVER.FIBER.MAX_EPOCH``.
-* :class:`MixedTrainingSampler`: an infinite stream over the concatenation (a new permutation per
-  pass, as the official random sampler over a ``ConcatDataset``), or, as an option, each image's
-  dataset drawn with ``DATALOADER.FIBER.SAMPLING_RATIOS``. Ranks take every ``world_size``-th
-  position, like detectron2's ``TrainingSampler``, so the images of an iteration are the same for
-  any number of processes with the same total batch. Each pass is seeded from (seed, pass), so
+* :class:`MixedTrainingSampler`: an infinite stream over the concatenation of the training
+  datasets (a new permutation per pass, as the official random sampler over a ``ConcatDataset``),
+  with whole-number dataset copies (``DATALOADER.FIBER.COPIES``) or, as an option, each image's
+  dataset drawn with ``DATALOADER.FIBER.SAMPLING_RATIOS``. Each pass is seeded from (seed, pass), so
   ``set_start_iter`` skips to any iteration in O(1) (``--resume``).
+* :class:`PositionedSampler`: detectron2's own samplers (``TrainingSampler``,
+  ``RepeatFactorTrainingSampler``) with the same interface: their stream, numbered by position,
+  and fast-forwarded on resume.
+* Ranks take every ``world_size``-th position, like detectron2's ``TrainingSampler``, so the
+  images of an iteration are the same for any number of processes with the same total batch.
 * :class:`SeededMapDataset`: maps a stream position to a model input with the RNGs seeded from
   (seed, position), so an image's augmentation and prompt sampling do not depend on workers,
   processes or resumption (the global RNG states are restored afterwards).
 * :class:`NegativeBatchFilter`: replaces a batch with too many images without boxes by the next
   one (official ``MAX_NEG_PER_BATCH``, which skips it).
-
-Batching (aspect-ratio grouping, workers) is detectron2's ``build_batch_data_loader``.
 """
 
+import itertools
 import logging
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetFromList, MetadataCatalog
-from detectron2.data.build import build_batch_data_loader
+from detectron2.data import DatasetFromList
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
 __all__ = [
     "MixedTrainingSampler",
     "NegativeBatchFilter",
+    "PositionedSampler",
     "SeededMapDataset",
-    "TrainingSet",
-    "build_mixed_train_loader",
-    "few_shot_subset",
-    "load_training_set",
+    "mix_seed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,101 +42,13 @@ logger = logging.getLogger(__name__)
 _MASK63 = (1 << 63) - 1
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A deterministic 63-bit seed from integers (splitmix-style, no Python hash randomisation)."""
     x = 0x9E3779B97F4A7C15
     for v in values:
         x = (x ^ (int(v) & _MASK63)) * 0xBF58476D1CE4E5B9 & _MASK63
         x ^= x >> 31
     return x & _MASK63
-
-
-# -- the training set --------------------------------------------------------------------------
-def few_shot_subset(dicts: List[Dict], shots: int, seed: int = 0) -> List[Dict]:
-    """Official few-shot selection (``FEW_SHOT``; maskrcnn_benchmark ``coco.py``).
-
-    Images are visited in file order (shuffled with ``random.Random(seed)`` when ``seed`` != 0);
-    an image is kept when one of its categories still needs examples, and then counts once for
-    every category it contains.
-    """
-    order = list(dicts)
-    if seed:
-        random.Random(seed).shuffle(order)
-    needed: Dict[int, int] = {}
-    kept = []
-    for d in order:
-        cats = {int(a["category_id"]) for a in d.get("annotations", [])}
-        if any(needed.get(c, shots) > 0 for c in cats):
-            kept.append(d)
-            for c in cats:
-                needed[c] = needed.get(c, shots) - 1
-    return kept
-
-
-@dataclass
-class TrainingSet:
-    """Dataset dicts of ``DATASETS.TRAIN`` (one list per dataset) and their copies / ratios."""
-
-    names: List[str]
-    dicts: List[List[Dict]]
-    copies: List[int]
-    ratios: List[float]
-
-    def __len__(self) -> int:
-        """Images per epoch, copies included (the official dataset length)."""
-        return sum(len(d) * c for d, c in zip(self.dicts, self.copies))
-
-    def describe(self) -> str:
-        parts = [
-            f"{n}: {len(d)} images x{c}" + (f" (p={r:.3g})" if self.ratios else "")
-            for n, d, c, r in zip(self.names, self.dicts, self.copies, self.ratios or self.copies)
-        ]
-        return f"training set of {len(self)} images per epoch: " + "; ".join(parts)
-
-
-def _per_dataset(values: Sequence, names: Sequence[str], key: str, default) -> List:
-    if not values:
-        return [default] * len(names)
-    if len(values) != len(names):
-        raise ValueError(
-            f"{key} has {len(values)} values for {len(names)} datasets in DATASETS.TRAIN "
-            f"{list(names)}: give one per dataset (or [] for the default)"
-        )
-    return list(values)
-
-
-def load_training_set(cfg) -> TrainingSet:
-    """Load the training datasets of ``cfg`` (see module docstring)."""
-    from ..data import get_fiber_dataset_dicts
-
-    names = list(cfg.DATASETS.TRAIN)
-    if not names:
-        raise ValueError("DATASETS.TRAIN is empty: name the training datasets")
-    opts = cfg.DATALOADER.FIBER
-    copies = [int(c) for c in _per_dataset(opts.COPIES, names, "DATALOADER.FIBER.COPIES", 1)]
-    if any(c < 1 for c in copies):
-        raise ValueError(f"DATALOADER.FIBER.COPIES must be whole numbers >= 1, got {copies}")
-    ratios = list(opts.SAMPLING_RATIOS)
-    if ratios:
-        ratios = _per_dataset(ratios, names, "DATALOADER.FIBER.SAMPLING_RATIOS", 1.0)
-        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
-            raise ValueError(f"DATALOADER.FIBER.SAMPLING_RATIOS must be >= 0, not all 0: {ratios}")
-        total = float(sum(ratios))
-        ratios = [r / total for r in ratios]
-    dicts = []
-    for name in names:
-        d = get_fiber_dataset_dicts([name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        grounding = MetadataCatalog.get(name).get("data_format", "detection") == "grounding"
-        if opts.FEW_SHOT > 0 and grounding:
-            logger.info("%s: grounding data, FEW_SHOT (per category) does not apply", name)
-        elif opts.FEW_SHOT > 0:
-            n = len(d)
-            d = few_shot_subset(d, opts.FEW_SHOT, opts.FEW_SHOT_SEED)
-            logger.info("%s: %d-shot subset of %d of %d images", name, opts.FEW_SHOT, len(d), n)
-        dicts.append(d)
-    out = TrainingSet(names=names, dicts=dicts, copies=copies, ratios=ratios)
-    logger.info("%s", out.describe())
-    return out
 
 
 # -- the sample stream -------------------------------------------------------------------------
@@ -198,12 +104,12 @@ class MixedTrainingSampler(Sampler):
         )
         if not self.shuffle:
             return base
-        g = torch.Generator().manual_seed(_mix(self.seed, p))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, p))
         return base[torch.randperm(len(base), generator=g)]
 
     def _ratio_pass(self, p: int) -> torch.Tensor:
         """Pass ``p`` in ratio mode: datasets drawn per position, images from per-dataset passes."""
-        g = torch.Generator().manual_seed(_mix(self.seed, p, 1))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, p, 1))
         which = torch.multinomial(
             torch.tensor(self.ratios, dtype=torch.float64), self.pass_length, True, generator=g
         )
@@ -211,7 +117,7 @@ class MixedTrainingSampler(Sampler):
         for d, (o, s) in enumerate(zip(self.offsets, self.sizes)):
             slots = (which == d).nonzero().flatten()
             reps = -(-len(slots) // s) if len(slots) else 0
-            gd = torch.Generator().manual_seed(_mix(self.seed, p, 2, d))
+            gd = torch.Generator().manual_seed(mix_seed(self.seed, p, 2, d))
             idx = torch.cat(
                 [torch.randperm(s, generator=gd) for _ in range(reps)]
                 or [torch.empty(0, dtype=torch.long)]
@@ -233,6 +139,33 @@ class MixedTrainingSampler(Sampler):
         for k, item in enumerate(self.positions()):
             if k >= first and (k - first) % self.world_size == 0:
                 yield item
+
+
+class PositionedSampler(Sampler):
+    """A detectron2 index sampler (``TrainingSampler``, ``RepeatFactorTrainingSampler``) as a
+    stream of ``(position, index)``, like :class:`MixedTrainingSampler`.
+
+    The wrapped sampler yields this rank's indices; the k-th of them is global position
+    ``k * world_size + rank``. ``set_start_iter`` fast-forwards through the (seeded, so
+    reproducible) index stream, which costs a pass over the skipped indices, not over images.
+    """
+
+    def __init__(
+        self, sampler: Sampler, *, rank: Optional[int] = None, world_size: Optional[int] = None
+    ):
+        self.sampler = sampler
+        self.rank = comm.get_rank() if rank is None else rank
+        self.world_size = comm.get_world_size() if world_size is None else world_size
+        self.skip = 0
+
+    def set_start_iter(self, iteration: int, batch_size_per_rank: int) -> None:
+        """Continue the stream at the first image of ``iteration`` (before iterating)."""
+        self.skip = iteration * batch_size_per_rank
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        stream = itertools.islice(iter(self.sampler), self.skip, None)
+        for k, index in enumerate(stream, start=self.skip):
+            yield k * self.world_size + self.rank, int(index)
 
 
 class SeededMapDataset(Dataset):
@@ -259,7 +192,7 @@ class SeededMapDataset(Dataset):
     def __getitem__(self, key: Tuple[int, int]):
         position, index = key
         for attempt in range(self._max_retries + 1):
-            seed = _mix(self._seed, position, attempt) % (2**32)
+            seed = mix_seed(self._seed, position, attempt) % (2**32)
             with _seeded_rngs(seed):
                 out = self._mapper(self._data[index])
             if out is not None:
@@ -324,27 +257,3 @@ class NegativeBatchFilter:
                 continue
             tries = 0
             yield batch
-
-
-def build_mixed_train_loader(
-    cfg, training_set: TrainingSet, mapper: Callable, seed: int
-) -> NegativeBatchFilter:
-    """The training loader of ``training_set`` (lists of model inputs, one per iteration).
-
-    The returned iterable has ``.sampler`` (a :class:`MixedTrainingSampler`).
-    """
-    dicts = [d for part in training_set.dicts for d in part]
-    sampler = MixedTrainingSampler(
-        [len(d) for d in training_set.dicts],
-        copies=training_set.copies,
-        ratios=training_set.ratios,
-        seed=seed,
-    )
-    loader = build_batch_data_loader(
-        SeededMapDataset(dicts, mapper, seed),
-        sampler,
-        cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
-    return NegativeBatchFilter(loader, cfg.SOLVER.FIBER.MAX_NEG_PER_BATCH, sampler=sampler)

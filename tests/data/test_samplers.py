@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fiber_det.engine import (
+from fiber_det.data import (
     MixedTrainingSampler,
     NegativeBatchFilter,
     SeededMapDataset,
