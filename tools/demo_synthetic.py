@@ -27,18 +27,22 @@ import warnings
 # detectron2's pure-Python build calls torch.jit.script, deprecated in recent torch.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from fiber_det.demo import DEMO_CONFIG, DEMO_SPEC, run_synthetic_demo  # noqa: E402
+
 logger = logging.getLogger("fiber_det.demo")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from fiber_det.demo import DEMO_CONFIG, DEMO_SPEC
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--output", default="output/demo", help="output folder (default %(default)s)")
     p.add_argument(
         "--data-root", default=None, help="synthetic data folder ($DETECTRON2_DATASETS/synthetic)"
     )
-    p.add_argument("--config-file", default=DEMO_CONFIG, help="default %(default)s")
+    p.add_argument(
+        "--config-file", default=DEMO_CONFIG, help="a yaml file or a shipped config (%(default)s)"
+    )
     p.add_argument("--num-train", type=int, default=DEMO_SPEC.num_train, help="training images")
     p.add_argument("--num-val", type=int, default=DEMO_SPEC.num_val, help="held-out images")
     p.add_argument("--seed", type=int, default=DEMO_SPEC.seed, help="data seed")
@@ -51,10 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from detectron2.utils.logger import setup_logger
-
-    from fiber_det.demo import DEMO_SPEC, run_synthetic_demo
-
     setup_logger(output=args.output, name="fiber_det", abbrev_name="fiber")
     setup_logger(output=args.output, name="detectron2", abbrev_name="d2")
     spec = dataclasses.replace(

@@ -1,7 +1,7 @@
 """The synthetic grounding demo (``make demo``): data, training, evaluation, pictures, metrics.
 
 With no weights, no dataset and no GPU, one command shows FIBER learning to detect and ground
-phrases: coloured shapes (:mod:`fiber_det.data.synthetic`) are generated, the tiny model of
+phrases: coloured shapes (:mod:`fiber_det.demo.synthetic`) are generated, the tiny model of
 ``configs/tiny/demo.yaml`` trains on CPU with the FIBER trainer (detection and grounding views
 mixed), the real evaluators score the held-out split (COCO box AP with category prompts,
 Recall@1/5/10 of the caption phrases), and pictures of predictions next to the ground truth are
@@ -16,27 +16,27 @@ written with the metrics::
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 
-from ..data.synthetic import (
+from ..config import load_config
+from ..engine import Trainer
+from ..utils.io import atomic_open, atomic_write_json
+from .pictures import write_demo_pictures
+from .synthetic import (
     SyntheticSpec,
     default_synthetic_root,
     ensure_synthetic_dataset,
     register_synthetic_datasets,
 )
-from ..predictor import load_config
-from ..utils.io import atomic_write_json
-from .pictures import write_demo_pictures
 
 __all__ = ["DEMO_CONFIG", "DEMO_SPEC", "DemoProgress", "demo_config", "run_synthetic_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny" / "demo.yaml")
+DEMO_CONFIG = "tiny/demo.yaml"  # a shipped config (fiber_det.model_zoo), found wherever installed
 # The data the demo config is tuned for (see the README section of the demo for its numbers).
 DEMO_SPEC = SyntheticSpec(seed=0, num_train=600, num_val=100)
 METRIC_KEYS = {"bbox": ("AP", "AP50"), "grounding": ("R@1", "R@5", "R@10")}
@@ -143,8 +143,6 @@ def run_synthetic_demo(
         num_pictures: held-out images drawn (each gives a detection and a grounding picture).
         dataset_prefix: prefix of the registered dataset names.
     """
-    from ..engine import Trainer
-
     start = time.time()
     root = data_root or default_synthetic_root()
     logger.info("[demo 1/4] synthetic data in %s", root)
@@ -152,7 +150,7 @@ def run_synthetic_demo(
     names = register_synthetic_datasets(root, prefix=dataset_prefix)
     cfg = demo_config(config_file, opts, paths=paths, names=names, output_dir=output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+    with atomic_open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
 
     logger.info(

@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from fiber_det.demo import collect_images
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 
 def _tool(name):

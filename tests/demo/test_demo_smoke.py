@@ -7,9 +7,10 @@ import json
 import torch
 from detectron2.data import MetadataCatalog
 
+from fiber_det import model_zoo
 from fiber_det.demo import DEMO_CONFIG
 from fiber_det.predictor import FIBERPredictor
-from fiber_det.utils.testing import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 FAST = [
     "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "2",
@@ -73,5 +74,5 @@ def test_demo_targets_set_the_exit_status(tmp_path):
 
 
 def test_demo_config_is_the_tuned_one():
-    text = open(DEMO_CONFIG).read()
+    text = open(model_zoo.get_config_file(DEMO_CONFIG)).read()
     assert "fiber_tiny.yaml" in text and "fiber_synthetic_shapes_train" in text

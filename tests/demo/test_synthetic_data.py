@@ -12,7 +12,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from fiber_det.data.synthetic import (
+from fiber_det.demo.synthetic import (
     RELATIONS,
     SIZE_WORDS,
     SyntheticSpec,
@@ -21,8 +21,7 @@ from fiber_det.data.synthetic import (
     synthetic_category_names,
 )
 from fiber_det.text import load_tokenizer
-
-from .conftest import SMALL_SPEC
+from tests.synthetic_demo import SMALL_SPEC
 
 
 def _load(path):

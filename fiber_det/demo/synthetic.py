@@ -41,10 +41,11 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image, ImageDraw
 
+from ..data.datasets.detection import register_detection_dataset
+from ..data.datasets.grounding import register_grounding_dataset
+from ..data.utils import read_json
+from ..text import build_offline_tokenizer
 from ..utils.io import atomic_write_json
-from .datasets.detection import register_detection_dataset
-from .datasets.grounding import register_grounding_dataset
-from .utils import read_json
 
 __all__ = [
     "COLORS",
@@ -404,8 +405,6 @@ def generate_synthetic_dataset(root: Union[str, Path], spec: SyntheticSpec) -> D
         dict of paths: ``root``, ``image_root``, ``tokenizer`` and
         ``{detection,grounding}_{train,val}`` (json files).
     """
-    from ..text import build_offline_tokenizer
-
     root = Path(root)
     for sub in ("images", "annotations", "tokenizer"):
         shutil.rmtree(root / sub, ignore_errors=True)
@@ -492,6 +491,3 @@ def register_synthetic_datasets(
             register_grounding_dataset(name, paths[key], paths["image_root"], "grounding")
         MetadataCatalog.get(name).set(synthetic_root=str(root))
     return names
-
-
-register_synthetic_datasets()  # lazily, under $DETECTRON2_DATASETS/synthetic
