@@ -46,6 +46,10 @@ __all__ = ["FIBERDatasetMapper"]
 
 logger = logging.getLogger(__name__)
 
+# Encoded evaluation prompts kept (LRU) per mapper: one entry per distinct vocabulary / label set
+# (D3 queries each image with its group's descriptions: a few hundred distinct sets).
+EVAL_PROMPT_CACHE_SIZE = 1024
+
 # Dataset-dict keys that are not passed through to the model input of a grounding image.
 _NOT_PASSED = ("file_name", "height", "width", "image_id", "annotations", "image")
 
@@ -340,6 +344,6 @@ class FIBERDatasetMapper:
             self._eval_prompts[key] = [
                 self.encoder.encode(p.caption, p.spans, p.label_ids, cache=False) for p in prompts
             ]
-            if len(self._eval_prompts) > 1024:
+            if len(self._eval_prompts) > EVAL_PROMPT_CACHE_SIZE:
                 self._eval_prompts.popitem(last=False)
         return self._eval_prompts[key]

@@ -17,6 +17,7 @@ from typing import Mapping
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
+from ..data.datasets.builtin import ODINW_13
 from .base import format_metric_tables
 
 __all__ = [
@@ -88,8 +89,10 @@ def odinw_summary(dataset_ap: Mapping[str, float]) -> "OrderedDict[str, float]":
             "ODinW average leaves out %d datasets with NaN AP", len(dataset_ap) - len(finite)
         )
     out["mAP"] = sum(finite) / len(finite) if finite else float("nan")
-    if len(dataset_ap) != 13:
-        logger.info("ODinW average over %d datasets (ODinW-13 has 13)", len(dataset_ap))
+    if len(dataset_ap) != len(ODINW_13):
+        logger.info(
+            "ODinW average over %d datasets (ODinW-13 has %d)", len(dataset_ap), len(ODINW_13)
+        )
     return out
 
 

@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Iterable, List, Sequence, Union
 
+from tokenizers import ByteLevelBPETokenizer
+from transformers import RobertaTokenizerFast
+
 __all__ = ["load_tokenizer", "build_offline_tokenizer", "tokenize_prompts", "TokenizedPrompts"]
 
 logger = logging.getLogger(__name__)
@@ -23,8 +26,6 @@ def load_tokenizer(name_or_path: str):
     it (``huggingface-cli download roberta-base`` on a machine with network, or a local folder
     with ``vocab.json`` and ``merges.txt``).
     """
-    from transformers import RobertaTokenizerFast
-
     path = Path(os.path.expanduser(name_or_path))
     if path.is_dir():
         if not ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
@@ -54,9 +55,6 @@ def build_offline_tokenizer(
     Returns:
         RobertaTokenizerFast loaded from ``out_dir``.
     """
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()

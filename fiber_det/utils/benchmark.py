@@ -6,6 +6,7 @@ before the measurement, sampled every few milliseconds from ``/proc/self/statm``
 """
 
 import os
+import platform
 import statistics
 import threading
 import time
@@ -103,8 +104,6 @@ def machine_description(device: torch.device) -> str:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
-    import platform
-
     text = (
         f"{cpu or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
         f"threads, torch {torch.__version__}"

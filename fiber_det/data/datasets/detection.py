@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from pycocotools.coco import COCO
 
 from ..utils import require_file
 
@@ -70,8 +71,6 @@ def load_detection_json(
     Returns:
         list[dict] in detectron2's format (see ``fiber_det/data/CONTRACT.md``).
     """
-    from pycocotools.coco import COCO
-
     require_file(json_file)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco = COCO(json_file)
