@@ -7,11 +7,14 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
 from fiber_det.data import (
     MixedTrainingSampler,
     NegativeBatchFilter,
+    PositionedSampler,
     SeededMapDataset,
+    build_train_sampler,
     few_shot_subset,
     load_training_set,
 )
@@ -113,3 +116,45 @@ def test_training_set_copies_and_errors(train_cfg, shapes_data):
     cfg.DATALOADER.FIBER.COPIES = [1]
     with pytest.raises(ValueError, match="one per dataset"):
         load_training_set(cfg)
+
+
+def test_detectron2_samplers_as_resumable_position_streams():
+    """TrainingSampler / RepeatFactorTrainingSampler through PositionedSampler: the rank's index
+    stream numbered by global position, and a resume continues it exactly."""
+    for make in (
+        lambda: TrainingSampler(11, seed=4),
+        lambda: RepeatFactorTrainingSampler(torch.tensor([1.0] * 8 + [3.5] * 3), seed=4),
+    ):
+        plain = [int(i) for i in islice(iter(make()), 30)]
+        stream = _take(PositionedSampler(make(), rank=1, world_size=2), 30)
+        assert [i for _, i in stream] == plain  # the wrapped sampler's own indices
+        assert [p for p, _ in stream] == [2 * k + 1 for k in range(30)]  # rank 1 of 2
+        resumed = PositionedSampler(make(), rank=1, world_size=2)
+        resumed.set_start_iter(4, batch_size_per_rank=3)
+        assert _take(resumed, 18) == stream[12:30]
+
+
+def _with_sampler(cfg, name, *opts):
+    cfg.merge_from_list(["DATALOADER.SAMPLER_TRAIN", name, *opts])
+    return build_train_sampler(cfg, load_training_set(cfg), seed=3)
+
+
+def test_sampler_train_option_selects_the_stream(train_cfg, shapes_data):
+    both = f"('{shapes_data['det']}', '{shapes_data['grounding']}')"
+    mixed = _with_sampler(train_cfg("DATASETS.TRAIN", both), "MixedTrainingSampler")
+    assert isinstance(mixed, MixedTrainingSampler) and mixed.sizes == [8, 8]
+    plain = _with_sampler(train_cfg("DATASETS.TRAIN", both), "TrainingSampler")
+    assert isinstance(plain.sampler, TrainingSampler) and plain.sampler._size == 16
+    rfs = _with_sampler(
+        train_cfg(), "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", 4.0
+    )
+    assert isinstance(rfs.sampler, RepeatFactorTrainingSampler)
+    # both categories are in every image (f = 1): LVIS repeat factor max(1, sqrt(t / f)) = 2
+    assert torch.equal(rfs.sampler._int_part, torch.full((8,), 2.0))
+    with pytest.raises(ValueError, match="need DATALOADER.SAMPLER_TRAIN MixedTrainingSampler"):
+        _with_sampler(
+            train_cfg("DATASETS.TRAIN", both, "DATALOADER.FIBER.COPIES", "[1, 2]"),
+            "TrainingSampler",
+        )
+    with pytest.raises(ValueError, match="is not supported"):
+        _with_sampler(train_cfg(), "InfiniteSampler")
