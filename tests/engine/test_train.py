@@ -139,3 +139,27 @@ def test_trainer_seeds_the_model_initialisation(train_cfg, tmp_path):
     a, b = initial_weights(3, 111), initial_weights(3, 222)
     assert torch.equal(a, b)
     assert not torch.equal(a, initial_weights(4, 111))
+
+
+def test_auto_termination_stops_the_loop_through_its_hook(train_cfg, shapes_data, monkeypatch):
+    """MetricMonitor ends detectron2's loop after PATIENCE evaluations below the best: the last
+    weights are saved as model_final, the hooks' after_train still run, a resume does nothing."""
+    values = iter([10.0, 9.0, 8.0, 7.0, 6.0])
+    monkeypatch.setattr(
+        Trainer, "test", classmethod(lambda cls, cfg, model: {"v": {"bbox": {"AP": next(values)}}})
+    )
+    cfg = train_cfg(
+        "SOLVER.MAX_ITER", 20, "TEST.EVAL_PERIOD", 2, "DATASETS.TEST", f"('{shapes_data['det']}',)",
+        "SOLVER.FIBER.AUTO_TERMINATE_PATIENCE", 2, "SOLVER.FIBER.MONITOR_METRIC", "bbox/AP",
+    )  # fmt: skip
+    trainer, losses = _train(cfg)
+    # evaluations after iterations 1, 3, 5: best, worse, worse -> stop at 5
+    assert trainer.iter == 5 and max(losses) == 4  # hooks after the evaluation skip iteration 5
+    out = cfg.OUTPUT_DIR
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert os.path.isfile(os.path.join(out, "model_best.pth"))
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+    assert os.path.isfile(os.path.join(out, "metrics.json"))  # the writers' after_train ran
+    again = Trainer(cfg)
+    again.resume_or_load(resume=True)
+    assert again.monitor.should_stop and again.train() is None
