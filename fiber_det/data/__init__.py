@@ -1,7 +1,8 @@
 """Datasets, mappers and loaders of fiber-det (the data contract is in CONTRACT.md).
 
 Importing this package registers the builtin datasets (COCO, LVIS, Objects365, Flickr30k, GoldG,
-RefCOCO/+/g, ODinW-13, COCO-O, D3) under ``$DETECTRON2_DATASETS`` (default ``datasets/``), lazily:
+RefCOCO/+/g, ODinW-13, COCO-O, D3; the image-text pairs of stage 1: COCO / Flickr30k Karpathy
+splits, VG, SBU, CC3M) under ``$DETECTRON2_DATASETS`` (default ``datasets/``), lazily:
 no file is read until a dataset is loaded.
 """
 
@@ -17,12 +18,17 @@ from .datasets import (
     load_detection_json,
     load_lvis_detection_json,
     load_mdetr_grounding_json,
+    pair_repeat_factors,
     register_all_fiber_datasets,
     register_d3_dataset,
     register_detection_dataset,
     register_grounding_dataset,
+    register_pair_dataset,
+    retrieval_texts,
 )
 from .mapper import FIBERDatasetMapper
+from .pair_mapper import PairDatasetMapper
+from .pair_transforms import build_pair_transform
 from .prompting import EncodedPrompt, PromptEncoder
 from .synthetic import register_synthetic_datasets  # noqa: F401  registers the synthetic demo data
 from .transforms import build_fiber_augmentations
@@ -30,18 +36,23 @@ from .transforms import build_fiber_augmentations
 __all__ = [
     "EncodedPrompt",
     "FIBERDatasetMapper",
+    "PairDatasetMapper",
     "PromptEncoder",
     "build_fiber_augmentations",
     "build_fiber_test_loader",
     "build_fiber_train_loader",
+    "build_pair_transform",
     "get_fiber_dataset_dicts",
     "has_valid_annotation",
     "load_d3_json",
     "load_detection_json",
     "load_lvis_detection_json",
     "load_mdetr_grounding_json",
+    "pair_repeat_factors",
     "register_all_fiber_datasets",
     "register_d3_dataset",
     "register_detection_dataset",
     "register_grounding_dataset",
+    "register_pair_dataset",
+    "retrieval_texts",
 ]
