@@ -53,7 +53,7 @@ RETRIEVAL_KEYS = (
     "r_mean",
 )
 SCORES_FORMAT = "fiber_det.retrieval_scores.v1"  # the "format" entry of a score file's metadata
-_CHUNK_ELEMENTS = 1 << 24  # comparisons held in memory at once (bools)
+_CHUNK_ELEMENTS = 1 << 24  # score entries handled at once
 _NEVER = torch.iinfo(torch.long).max  # rank of an image without texts: never retrieved
 
 PathLike = Union[str, Path]
@@ -91,13 +91,66 @@ def _texts_of_images(txt2img: torch.Tensor, num_images: int) -> torch.Tensor:
     return own
 
 
+def _exact_ranks(rows: torch.Tensor, targets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``targets`` (E,) with ``values`` (E,) in ``rows`` (E, m) by a full scan."""
+    index = torch.arange(rows.shape[1])
+    higher = (rows > values[:, None]).sum(1)
+    tied_before = ((rows == values[:, None]) & (index < targets[:, None])).sum(1)
+    return higher + tied_before
+
+
+def _best_ranks(matrix: torch.Tensor, targets: torch.Tensor, limit: int) -> torch.Tensor:
+    """Best rank over each row's targets, ranks of ``limit`` or more reported as ``limit``.
+
+    Args:
+        matrix: (n, m) scores of n queries against m candidates (a view is fine).
+        targets: (n, K) right candidates of each query, -1 padded.
+        limit: only ranks below it are needed exactly (R@k needs k).
+
+    Returns:
+        (n,) int64; the largest int64 for a query without targets.
+
+    Only the ``limit`` best scores of a row are compared (``topk``, as the official code): every
+    candidate scoring above the limit-th value is among them, so the rank of a target scoring
+    above it is exact from them alone; a target scoring below it ranks at ``limit`` or worse; a
+    target equal to it (ties may continue past the list) is ranked by a full scan of its row.
+    """
+    n, m = matrix.shape
+    kk = min(limit, m)
+    out = torch.empty(n, dtype=torch.long)
+    step = max(1, _CHUNK_ELEMENTS // max(1, m))
+    for start in range(0, n, step):
+        rows = matrix[start : start + step].contiguous()  # (c, m)
+        valid = targets[start : start + step] >= 0
+        cand = targets[start : start + step].clamp(min=0)  # (c, K)
+        value = rows.gather(1, cand)
+        top_values, top_index = rows.topk(kk, dim=1)  # (c, kk)
+        top_values, top_index = top_values.unsqueeze(1), top_index.unsqueeze(1)
+        higher = (top_values > value.unsqueeze(2)).sum(2)
+        tied = ((top_values == value.unsqueeze(2)) & (top_index < cand.unsqueeze(2))).sum(2)
+        rank = higher + tied
+        kth = top_values[:, 0, -1:]  # (c, 1)
+        rank[value < kth] = kk
+        edge = ((value == kth) & valid).nonzero()
+        for e in range(0, len(edge), step):
+            r, k = edge[e : e + step].unbind(1)
+            rank[r, k] = _exact_ranks(rows[r], cand[r, k], value[r, k])
+        rank = rank.clamp(max=kk).masked_fill(~valid, _NEVER)
+        out[start : start + step] = rank.min(1).values
+    return out
+
+
 @torch.no_grad()
-def retrieval_ranks(scores: torch.Tensor, txt2img) -> Tuple[torch.Tensor, torch.Tensor]:
+def retrieval_ranks(
+    scores: torch.Tensor, txt2img, *, limit: Optional[int] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """0-based ranks of the right answers (ties to the lower index; module docstring).
 
     Args:
         scores: (I, T) float, higher = better.
         txt2img: (T,) image index of each text.
+        limit: if given, ranks of ``limit`` or more are reported as ``limit`` (much faster:
+            R@k needs ``limit = k``).
 
     Returns:
         (tr_ranks, ir_ranks): (I,) best rank among each image's texts in its row (the largest
@@ -107,28 +160,8 @@ def retrieval_ranks(scores: torch.Tensor, txt2img) -> Tuple[torch.Tensor, torch.
     scores = scores.detach().cpu()
     num_images, num_texts = scores.shape
     own = _texts_of_images(txt2img, num_images)
-    text_index = torch.arange(num_texts)
-    tr_ranks = torch.empty(num_images, dtype=torch.long)
-    step = max(1, _CHUNK_ELEMENTS // max(1, own.shape[1] * num_texts))
-    for start in range(0, num_images, step):
-        rows = scores[start : start + step]  # (c, T)
-        texts = own[start : start + step]  # (c, K)
-        valid = texts >= 0
-        texts = texts.clamp(min=0)
-        target = rows.gather(1, texts).unsqueeze(2)  # (c, K, 1)
-        higher = (rows.unsqueeze(1) > target).sum(2)
-        tied_before = ((rows.unsqueeze(1) == target) & (text_index < texts.unsqueeze(2))).sum(2)
-        rank = (higher + tied_before).masked_fill(~valid, _NEVER)
-        tr_ranks[start : start + step] = rank.min(1).values
-    image_index = torch.arange(num_images).unsqueeze(1)
-    ir_ranks = torch.empty(num_texts, dtype=torch.long)
-    step = max(1, _CHUNK_ELEMENTS // max(1, num_images))
-    for start in range(0, num_texts, step):
-        cols = scores[:, start : start + step]  # (I, c)
-        images = txt2img[start : start + step].unsqueeze(0)  # (1, c)
-        target = cols.gather(0, images)
-        tied_before = (cols == target) & (image_index < images)
-        ir_ranks[start : start + step] = (cols > target).sum(0) + tied_before.sum(0)
+    tr_ranks = _best_ranks(scores, own, limit or num_texts)
+    ir_ranks = _best_ranks(scores.t(), txt2img.unsqueeze(1), limit or num_images)
     return tr_ranks, ir_ranks
 
 
@@ -148,7 +181,7 @@ def retrieval_recall(
     """
     if not ks or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
-    tr_ranks, ir_ranks = retrieval_ranks(scores, txt2img)
+    tr_ranks, ir_ranks = retrieval_ranks(scores, txt2img, limit=max(int(k) for k in ks))
     out: Dict[str, float] = {}
     for task, ranks in (("ir", ir_ranks), ("tr", tr_ranks)):
         for k in ks:

@@ -118,14 +118,42 @@ def test_equals_the_official_topk_definition_without_ties(seed):
         assert out[f"ir_r{k}"] == pytest.approx(ir) and out[f"tr_r{k}"] == pytest.approx(tr)
 
 
-def test_chunking_does_not_change_ranks(monkeypatch):
+def test_all_scores_tied():
+    # every score equal: a candidate's rank is the number of candidates before it.
+    # TR: image 0 owns t0, t1 -> 0; image 1 t2, t3 -> 2; image 2 t4 -> 4; image 3 t5 -> 5.
+    # IR: text j's image is ranked at its own index: [0, 0, 1, 1, 2, 3].
+    scores, txt2img = torch.zeros(4, 6), [0, 0, 1, 1, 2, 3]
+    tr, ir = retrieval_ranks(scores, txt2img)
+    assert tr.tolist() == [0, 2, 4, 5] and ir.tolist() == [0, 0, 1, 1, 2, 3]
+    tr, ir = retrieval_ranks(scores, txt2img, limit=3)
+    assert tr.tolist() == [0, 2, 3, 3] and ir.tolist() == [0, 0, 1, 1, 2, 3]
+    out = retrieval_recall(scores, txt2img, ks=(1, 3))  # TR 1/4, 2/4; IR 2/6, 5/6
+    expected = (25.0, 50.0, 100 / 3, 500 / 6)
+    assert (out["tr_r1"], out["tr_r3"], out["ir_r1"], out["ir_r3"]) == pytest.approx(expected)
+
+
+def stable_sort_ranks(scores, txt2img):
+    """Reference: positions in a stable descending sort (ties: lower index first)."""
+    txt2img = torch.as_tensor(txt2img)
+    row_pos = torch.sort(scores, dim=1, descending=True, stable=True).indices.argsort(1)
+    col_pos = torch.sort(scores, dim=0, descending=True, stable=True).indices.argsort(0)
+    tr = [row_pos[i, txt2img == i].min().item() for i in range(scores.shape[0])]
+    return tr, col_pos[txt2img, torch.arange(len(txt2img))].tolist()
+
+
+@pytest.mark.parametrize("limit", [None, 1, 4, 10])
+def test_ranks_with_many_ties_equal_a_stable_sort(monkeypatch, limit):
     from fiber_det.evaluation import retrieval
 
-    scores, txt2img = low_ranked_case()
-    expected = retrieval_ranks(scores, txt2img)
-    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 7)
-    chunked = retrieval_ranks(scores, txt2img)
-    assert all(torch.equal(a, b) for a, b in zip(expected, chunked))
+    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 50)  # several chunks
+    g = torch.Generator().manual_seed(7)
+    txt2img = torch.cat([torch.arange(15), torch.randint(15, (25,), generator=g)])
+    scores = torch.randint(0, 4, (15, 40), generator=g).float()  # ties everywhere
+    tr_ref, ir_ref = stable_sort_ranks(scores, txt2img)
+    cap = limit or 10**9
+    tr, ir = retrieval_ranks(scores, txt2img, limit=limit)
+    assert tr.tolist() == [min(r, cap) for r in tr_ref]
+    assert ir.tolist() == [min(r, cap) for r in ir_ref]
 
 
 def test_bad_inputs():
