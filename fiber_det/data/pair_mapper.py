@@ -1,7 +1,7 @@
 """PairDatasetMapper: an image-text pair dict -> the input of the coarse-grained FIBER model.
 
 Dataset dicts come from :mod:`fiber_det.data.datasets.pairs` (one per image, all its captions;
-``CONTRACT.md`` section 5). Follows the official stage-1 data path of microsoft/FIBER
+``CONTRACT.md`` section 6). Follows the official stage-1 data path of microsoft/FIBER
 (``coarse_grained/fiber/datasets/base_dataset.py`` and ``datamodules/datamodule_base.py``): the
 image through the "albef" transforms (:mod:`fiber_det.data.pair_transforms`), the caption padded
 and truncated to ``INPUT.COARSE.MAX_TEXT_LEN`` tokens, MLM masking by the rules of transformers'

@@ -1,6 +1,6 @@
 """Image-text pair datasets (FIBER stage 1: ITC, ITM, MLM pre-training and retrieval).
 
-Two file formats, one kind of dataset dict (``fiber_det/data/CONTRACT.md`` section 5):
+Two file formats, one kind of dataset dict (``fiber_det/data/CONTRACT.md`` section 6):
 
 - **Arrow** (the official format): the ViLT / METER ``write_*.py`` scripts (``coarse_grained/
   fiber/utils/`` of microsoft/FIBER) write one Arrow IPC file per split or shard with the columns
