@@ -2,7 +2,6 @@
 
 import io
 import logging
-import pickle
 
 import numpy as np
 import pytest
@@ -202,17 +201,16 @@ def test_mostly_unreadable_images_stop_training(coarse_cfg, tmp_path):
             mapper(dicts[1])
 
 
-def test_training_loader_skips_a_corrupt_image_and_is_reproducible(coarse_cfg, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_loader_skips_a_corrupt_image_and_is_reproducible(coarse_cfg, tmp_path, workers):
     dicts = _bad_dicts(tmp_path)[:3]
     mapper = PairDatasetMapper(coarse_cfg, True)
+    mapper.read_pil(dicts[0])  # an open Arrow file must not travel to the workers
 
     def batches():
         seed_all_rng(0)  # as the trainer does: sampler order, transforms, captions, MLM
         loader = build_detection_train_loader(
-            dataset=dicts,
-            mapper=pickle.loads(pickle.dumps(mapper)),
-            total_batch_size=2,
-            num_workers=0,
+            dataset=dicts, mapper=mapper, total_batch_size=2, num_workers=workers
         )
         it = iter(loader)
         return [next(it) for _ in range(6)]
@@ -224,6 +222,7 @@ def test_training_loader_skips_a_corrupt_image_and_is_reproducible(coarse_cfg, t
         for x, y in zip(a, b):
             assert x["image_id"] == y["image_id"]
             assert torch.equal(x["mlm_input_ids"], y["mlm_input_ids"])
+            assert torch.equal(x["image"], y["image"])
 
 
 def test_bad_dicts_and_tokenizers(coarse_cfg, tokenizer):
