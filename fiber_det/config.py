@@ -73,6 +73,7 @@ def add_fiber_config(cfg: CN) -> CN:
     _add_fusion_keys(cfg)
     _add_head_keys(cfg)
     _add_data_keys(cfg)
+    _add_coarse_data_keys(cfg)
     _add_solver_keys(cfg)
     _add_train_keys(cfg)
     _add_test_keys(cfg)
@@ -248,6 +249,30 @@ def _add_data_keys(cfg: CN) -> None:
     cfg.DATASETS.FIBER.FLIP_PROB = 0.5
     # Swap "left"/"right" in the caption when flipping (MDETR); off in the official recipes.
     cfg.DATASETS.FIBER.FLIP_SWAP_LEFT_RIGHT = False
+
+
+def _add_coarse_data_keys(cfg: CN) -> None:
+    # Image-text pairs of stage 1 (coarse-grained pre-training and retrieval; official values of
+    # coarse_grained/fiber/config.py). See fiber_det/data/pair_mapper.py.
+    cfg.INPUT.COARSE = CN()
+    # Side S of the square model input (official 384 for pre-training and ITM retrieval, 576
+    # for ITC retrieval fine-tuning).
+    cfg.INPUT.COARSE.IMAGE_SIZE = 384
+    # Caption length L in tokens, <s> and </s> included; longer captions are truncated and
+    # counted (official 40 in pre-training, 50 in fine-tuning).
+    cfg.INPUT.COARSE.MAX_TEXT_LEN = 40
+    # Share of the caption tokens chosen for MLM (80% <mask>, 10% random, 10% kept; official 0.15).
+    cfg.INPUT.COARSE.MLM_PROB = 0.15
+    # Training image transform: "albef" (resize only; the official pre-training) or
+    # "albef_randaug" (crop, flip, RandAugment; the official fine-tuning).
+    cfg.INPUT.COARSE.TRAIN_TRANSFORM = "albef"
+    # Evaluation image transform (official "albef").
+    cfg.INPUT.COARSE.TEST_TRANSFORM = "albef"
+    cfg.DATASETS.COARSE = CN()
+    # Training visits of an image per epoch: "caption" (once per caption, as the official
+    # datasets enumerate image-caption pairs; weights the sources like the official mix) or
+    # "image" (once). Used as RepeatFactorTrainingSampler factors (pair_repeat_factors).
+    cfg.DATASETS.COARSE.SAMPLE_BY = "caption"
 
 
 def _add_solver_keys(cfg: CN) -> None:

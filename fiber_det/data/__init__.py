@@ -1,7 +1,8 @@
 """Datasets, mappers, samplers and loaders of fiber-det.
 
 Importing this package registers the builtin datasets (COCO, LVIS, Objects365, Flickr30k, GoldG,
-RefCOCO/+/g, ODinW-13, COCO-O, D3) under ``$DETECTRON2_DATASETS`` (default ``datasets/``), lazily:
+RefCOCO/+/g, ODinW-13, COCO-O, D3; the image-text pairs of stage 1: COCO / Flickr30k Karpathy
+splits, VG, SBU, CC3M) under ``$DETECTRON2_DATASETS`` (default ``datasets/``), lazily:
 no file is read until a dataset is loaded.
 """
 
@@ -22,13 +23,18 @@ from .datasets import (
     load_detection_json,
     load_lvis_detection_json,
     load_mdetr_grounding_json,
+    pair_repeat_factors,
     register_all_fiber_datasets,
     register_custom_datasets,
     register_d3_dataset,
     register_detection_dataset,
     register_grounding_dataset,
+    register_pair_dataset,
+    retrieval_texts,
 )
 from .mapper import FIBERDatasetMapper
+from .pair_mapper import PairDatasetMapper
+from .pair_transforms import build_pair_transform
 from .prompting import EncodedPrompt, PromptEncoder
 from .samplers import MixedTrainingSampler, NegativeBatchFilter, PositionedSampler, SeededMapDataset
 from .transforms import build_fiber_augmentations
@@ -42,12 +48,14 @@ __all__ = [
     "SeededMapDataset",
     "TRAIN_SAMPLERS",
     "TrainingSet",
+    "PairDatasetMapper",
     "PromptEncoder",
     "build_fiber_augmentations",
     "build_fiber_test_loader",
     "build_fiber_train_loader",
     "build_train_sampler",
     "few_shot_subset",
+    "build_pair_transform",
     "get_fiber_dataset_dicts",
     "has_valid_annotation",
     "load_d3_json",
@@ -55,9 +63,12 @@ __all__ = [
     "load_lvis_detection_json",
     "load_mdetr_grounding_json",
     "load_training_set",
+    "pair_repeat_factors",
     "register_all_fiber_datasets",
     "register_custom_datasets",
     "register_d3_dataset",
     "register_detection_dataset",
     "register_grounding_dataset",
+    "register_pair_dataset",
+    "retrieval_texts",
 ]

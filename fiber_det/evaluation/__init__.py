@@ -2,6 +2,8 @@
 Recall@k, RefCOCO/+/g Precision@k, and the benchmark summaries (ODinW average, COCO-O effective
 robustness). Every evaluator is a detectron2 ``DatasetEvaluator`` whose metrics come from saved
 prediction records, so ``tools/evaluate_predictions.py`` reproduces an online run exactly.
+Stage 1: image-text retrieval Recall@k from a score matrix (``retrieval``, offline with
+``tools/evaluate_retrieval.py``).
 """
 
 from .base import FIBEREvaluator, RecordEvaluatorMixin, format_metric_tables
@@ -13,6 +15,13 @@ from .grounding import GroundingRecallEvaluator
 from .lvis import LVISEvaluator, evaluate_lvis_boxes
 from .records import PREDICTIONS_FILE, RESULTS_FILE, load_predictions
 from .refexp import RefExpEvaluator
+from .retrieval import (
+    RETRIEVAL_KEYS,
+    load_retrieval_scores,
+    retrieval_ranks,
+    retrieval_recall,
+    save_retrieval_scores,
+)
 from .summary import (
     coco_o_summary,
     effective_robustness,
@@ -31,6 +40,7 @@ __all__ = [
     "LVISEvaluator",
     "PREDICTIONS_FILE",
     "RESULTS_FILE",
+    "RETRIEVAL_KEYS",
     "RecordEvaluatorMixin",
     "RefExpEvaluator",
     "build_evaluator",
@@ -40,9 +50,13 @@ __all__ = [
     "format_metric_tables",
     "load_flickr_entities",
     "load_predictions",
+    "load_retrieval_scores",
     "log_benchmark_summary",
     "odinw_summary",
     "parse_annotation_xml",
     "parse_sentences_file",
+    "retrieval_ranks",
+    "retrieval_recall",
+    "save_retrieval_scores",
     "summarize_benchmarks",
 ]

@@ -3,6 +3,7 @@
 Tokenisation happens in the data mappers and the predictor, never inside the model.
 """
 
+from .captions import EncodedCaptions, encode_captions, mask_tokens_for_mlm, special_token_mask
 from .noun_phrases import find_noun_phrases
 from .od_to_grounding import (
     SampledPrompt,
@@ -24,6 +25,7 @@ from .spans import is_valid_span, span_text, swap_left_right
 from .tokenizer import TokenizedPrompts, build_offline_tokenizer, load_tokenizer, tokenize_prompts
 
 __all__ = [
+    "EncodedCaptions",
     "Prompt",
     "SampledPrompt",
     "TokenizedPrompts",
@@ -33,12 +35,15 @@ __all__ = [
     "clean_name",
     "count_name_tokens",
     "find_noun_phrases",
+    "encode_captions",
     "full_category_prompt",
     "is_valid_span",
     "load_tokenizer",
+    "mask_tokens_for_mlm",
     "num_negatives_from_control",
     "sampled_category_prompt",
     "span_text",
+    "special_token_mask",
     "span_tokens",
     "spans_to_positive_map",
     "swap_left_right",

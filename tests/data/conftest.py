@@ -51,6 +51,7 @@ def _builtin_names():
     names += [f"odinw_{n}_{s}" for n in builtin.ODINW_13 for s in ("train", "val", "test")]
     names += [f"coco_o_{d}" for d in builtin.COCO_O_DOMAINS]
     names += [f"d3_{s}" for s in ("full", "pres", "abs")]
+    names += list(builtin._PREDEFINED_SPLITS_PAIRS)
     return names
 
 

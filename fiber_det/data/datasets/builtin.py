@@ -12,9 +12,11 @@ from typing import Dict, List, Tuple
 from .d3 import register_d3_dataset
 from .detection import register_detection_dataset
 from .grounding import register_grounding_dataset
+from .pairs import register_pair_dataset
 
 __all__ = [
     "ODINW_13",
+    "OFFICIAL_PAIR_MIXES",
     "odinw_splits",
     "register_all_coco_o",
     "register_all_d3",
@@ -22,6 +24,7 @@ __all__ = [
     "register_all_fiber_datasets",
     "register_all_mdetr",
     "register_all_odinw",
+    "register_all_pairs",
 ]
 
 # name: (image root, json, evaluator_type, train_prompt)
@@ -135,6 +138,42 @@ ODINW_13 = {
 }
 _ODINW_JSON = "annotations_without_background.json"
 
+# Image-text pairs of FIBER stage 1 (coarse-grained pre-training and retrieval): the ViLT/METER
+# Arrow files (coarse_grained/fiber/utils/write_*.py), all in one folder (the official
+# `data_root`): name -> (files or glob patterns under arrow/, the `split` every row must have).
+# Karpathy splits: COCO 5k test / 5k val / 82,783 train / 30,504 restval images; Flickr30k 1k
+# test / 1,014 val / 29,000 train. The shard counts of SBU (official 9) and CC3M (31) depend on
+# how many images were downloaded, hence the patterns.
+_PAIRS_FOLDER = "arrow"
+_PREDEFINED_SPLITS_PAIRS = {
+    **{
+        f"coco_caption_karpathy_{s}": ((f"coco_caption_karpathy_{s}.arrow",), s)
+        for s in ("train", "restval", "val", "test")
+    },
+    **{
+        f"f30k_caption_karpathy_{s}": ((f"f30k_caption_karpathy_{s}.arrow",), s)
+        for s in ("train", "val", "test")
+    },
+    "vg_caption_train": (("vg.arrow",), None),
+    "sbu_caption_train": (("sbu_*.arrow",), None),
+    "cc3m_caption_train": (("conceptual_caption_train_*.arrow",), None),
+}
+# The training sets of the official coarse recipes (coarse_grained/fiber/config.py and the
+# datasets' `names`): pre-training on COCO + VG + SBU + CC3M (COCO "train" = Karpathy train + val,
+# without restval), retrieval fine-tuning on Karpathy train + val. The official "val" of the
+# retrieval recipes is the test split.
+OFFICIAL_PAIR_MIXES = {
+    "pretrain": (
+        "coco_caption_karpathy_train",
+        "coco_caption_karpathy_val",
+        "vg_caption_train",
+        "sbu_caption_train",
+        "cc3m_caption_train",
+    ),
+    "coco_retrieval_train": ("coco_caption_karpathy_train", "coco_caption_karpathy_val"),
+    "f30k_retrieval_train": ("f30k_caption_karpathy_train", "f30k_caption_karpathy_val"),
+}
+
 COCO_O_DOMAINS = ("sketch", "cartoon", "painting", "weather", "handmake", "tattoo")
 
 
@@ -242,13 +281,25 @@ def register_all_d3(root: str) -> None:
         )
 
 
+def register_all_pairs(root: str) -> None:
+    """Image-text pairs (COCO / Flickr30k Karpathy splits, VG, SBU, CC3M) from Arrow files.
+
+    A name already registered with other files is an error (see ``register_pair_dataset``).
+    """
+    for name, (patterns, split) in _PREDEFINED_SPLITS_PAIRS.items():
+        files = [os.path.join(root, _PAIRS_FOLDER, p) for p in patterns]
+        register_pair_dataset(name, files, file_format="arrow", expected_split=split)
+
+
 def register_all_fiber_datasets(root: str) -> None:
-    """Register every builtin dataset under ``root`` (names already registered are kept)."""
+    """Register every builtin dataset under ``root`` (names already registered are kept, except
+    image-text pair datasets, for which another root is an error)."""
     register_all_detection(root)
     register_all_mdetr(root)
     register_all_odinw(root)
     register_all_coco_o(root)
     register_all_d3(root)
+    register_all_pairs(root)
 
 
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
