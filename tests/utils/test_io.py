@@ -42,3 +42,61 @@ def test_converters_name_their_opt_in_flag(pickled, tmp_path):
     with pytest.raises(SystemExit, match="--trust-pickle"):
         tool.main([str(pickled), str(tmp_path / "out.pth"), "--no-model-check"])
     assert not (tmp_path / "out.pth").exists()
+
+
+# -- outputs never destroy inputs ------------------------------------------------------------
+def test_an_output_file_that_is_an_input_is_refused(tmp_path):
+    from fiber_det.utils.io import OutputCollisionError, refuse_overwriting_inputs
+
+    src = tmp_path / "in.json"
+    src.write_text("{}")
+    (tmp_path / "sub").mkdir()
+    link = tmp_path / "link.json"
+    link.symlink_to(src)
+    hard = tmp_path / "hard.json"
+    hard.hardlink_to(src)
+    for same in (src, tmp_path / "sub" / ".." / "in.json", link, hard):
+        with pytest.raises(OutputCollisionError, match=r"the output .* is the input .*use b"):
+            refuse_overwriting_inputs([src], output_files=[same], fix="use b")
+    refuse_overwriting_inputs([src, None, ""], output_files=[tmp_path / "out.json", None])
+
+
+def test_an_output_folder_that_is_or_holds_an_input_is_refused(tmp_path):
+    from fiber_det.utils.io import OutputCollisionError, refuse_overwriting_inputs
+
+    photo = tmp_path / "photos" / "a.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(b"x")
+    with pytest.raises(OutputCollisionError, match="output folder .*photos holds the input"):
+        refuse_overwriting_inputs([photo], output_dir=tmp_path / "photos")
+    with pytest.raises(OutputCollisionError, match="holds the input"):
+        refuse_overwriting_inputs([photo], output_dir=tmp_path)
+    with pytest.raises(OutputCollisionError, match="output folder .* is the input"):
+        refuse_overwriting_inputs([photo.parent], output_dir=tmp_path / "photos")
+    # beside or below an input folder is fine: nothing there is read
+    refuse_overwriting_inputs([photo, photo.parent], output_dir=tmp_path / "photos" / "out")
+    refuse_overwriting_inputs([photo], output_dir=tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize(
+    "pattern, out, refused",
+    [
+        ("photos/*.jpg", "photos", True),
+        ("photos/*.jpg", "photos/out", False),
+        ("photos/*/*.jpg", "photos/out", True),
+        ("photos/*/*.jpg", "photos/out/deeper", False),
+        ("photos/**/*.jpg", "photos/out/deeper", True),
+        ("ph*/*.jpg", "photos", True),
+        ("ph*/*.jpg", "results", False),
+        ("photos/a.jpg", "photos", False),  # not a glob: only the file itself matters
+    ],
+)
+def test_an_output_folder_an_input_glob_would_read_is_refused(tmp_path, pattern, out, refused):
+    from fiber_det.utils.io import OutputCollisionError, refuse_overwriting_inputs
+
+    pattern, out = str(tmp_path / pattern), tmp_path / out
+    if refused:
+        with pytest.raises(OutputCollisionError, match="matches files in the output folder"):
+            refuse_overwriting_inputs([], output_dir=out, input_patterns=[pattern])
+    else:
+        refuse_overwriting_inputs([], output_dir=out, input_patterns=[pattern])
