@@ -8,7 +8,8 @@ prefix; fusion v2 or v3 is detected from the keys. The output loads with detectr
 ``DetectionCheckpointer`` (``MODEL.WEIGHTS``) into the FIBER-B model of the matching config. A
 report of converted, dropped and missing keys by component is printed; a key that would be lost
 is an error. (``MODEL.WEIGHTS`` may also point at the official file directly: the same conversion
-runs on load.)
+runs on load.) The output may not be the input (or the config): that is refused before anything is
+read or written; the output is written to a temporary file, then renamed.
 """
 
 import argparse
@@ -19,9 +20,14 @@ from pathlib import Path
 
 from fiber_det.checkpoint import CheckpointError, convert_official_state_dict, detect_fusion_version
 from fiber_det.checkpoint.official import unwrap_state_dict
-from fiber_det.utils.io import atomic_torch_save, load_torch_file
+from fiber_det.utils.io import (
+    atomic_torch_save,
+    load_torch_file,
+    refuse_overwriting_inputs_or_exit,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+NEW_FILE = "write the converted checkpoint to a new file"
 
 
 def parse_args(argv=None):
@@ -63,6 +69,9 @@ def main(argv=None) -> int:
     if not Path(args.input).is_file():
         print(f"error: input file not found: {args.input}", file=sys.stderr)
         return 2
+    refuse_overwriting_inputs_or_exit(
+        [args.input, args.config_file], output_files=[args.output], fix=NEW_FILE
+    )
     try:
         obj = load_torch_file(
             args.input, allow_pickle=args.trust_pickle, hint="rerun with --trust-pickle."

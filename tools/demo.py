@@ -15,6 +15,11 @@ automatically), on files, folders or globs::
 Writes ``<image>.jpg`` (boxes at or above --confidence-threshold, drawn with detectron2's
 Visualizer) and ``<image>.json`` per image, and ``predictions.json`` for all. A vocabulary too
 long for one prompt is split into several prompts automatically.
+
+Refused before anything is written: an output folder that is or holds an input image, or that an
+input glob reads; outputs that would overwrite the config or the weights. Images with the same
+name get distinct outputs (``a.jpg``, ``a_1.jpg``). An image that cannot be used (missing,
+corrupt, degenerate, oversized) is skipped and named; the run goes on and exits with status 1.
 """
 
 import argparse
@@ -57,7 +62,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from detectron2.utils.logger import setup_logger
 
-    from fiber_det.demo import collect_images, predict_images
+    from fiber_det.demo import check_demo_outputs, collect_images, predict_images
     from fiber_det.predictor import FIBERPredictor, load_config
 
     setup_logger(name="fiber_det", abbrev_name="fiber")
@@ -65,6 +70,12 @@ def main(argv=None) -> int:
     prompt = args.prompt if args.prompt is not None else _categories(args.categories)
     try:
         files = collect_images(args.input)
+        check_demo_outputs(
+            files,
+            args.output,
+            patterns=args.input,
+            protected=[args.config_file, args.weights],
+        )
         cfg = load_config(
             args.config_file, args.opts, weights=args.weights, device="cpu" if args.cpu else None
         )
@@ -77,13 +88,21 @@ def main(argv=None) -> int:
         predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
     )
     logger.info(
-        "%d images written to %s (%d detections at >= %.2f)%s",
+        "%d images written to %s (%d detections at >= %.2f)",
         len(records),
         args.output,
         sum(len(r["detections"]) for r in records),
         args.confidence_threshold,
-        f"; {len(failures)} unreadable images skipped" if failures else "",
     )
+    if failures:
+        logger.error(
+            "%d of %d images skipped (listed under 'failures' in %s/predictions.json): %s",
+            len(failures),
+            len(files),
+            args.output,
+            "; ".join(f"{f}: {e}" for f, e in failures[:5])
+            + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else ""),
+        )
     return 1 if failures else 0
 
 

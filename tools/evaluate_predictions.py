@@ -27,6 +27,7 @@ from collections import OrderedDict
 from typing import List, Optional
 
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import fiber_det  # noqa: F401  registers the model and the datasets
@@ -37,10 +38,8 @@ from fiber_det.evaluation import (
     load_predictions,
     summarize_benchmarks,
 )
-from detectron2.data import MetadataCatalog
-
 from fiber_det.evaluation.records import atomic_save_json
-from fiber_det.utils.io import OutputCollisionError, refuse_overwriting_inputs
+from fiber_det.utils.io import refuse_overwriting_inputs_or_exit
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -85,14 +84,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     logger = logging.getLogger("fiber_det.evaluate_predictions")
     gt_files = [MetadataCatalog.get(n).get("json_file", None) for n in args.dataset]
-    try:
-        refuse_overwriting_inputs(
-            [*args.predictions, args.config_file, *[f for f in gt_files if isinstance(f, str)]],
-            output_files=[args.output],
-            fix="give --output a new file, e.g. results.json next to the predictions",
-        )
-    except OutputCollisionError as e:
-        raise SystemExit(f"error: {e}") from e
+    refuse_overwriting_inputs_or_exit(
+        [*args.predictions, args.config_file, *[f for f in gt_files if isinstance(f, str)]],
+        output_files=[args.output],
+        fix="give --output a new file, e.g. results.json next to the predictions",
+    )
     cfg = setup_cfg(args.config_file, opts)
     results = OrderedDict()
     for name, path in zip(args.dataset, args.predictions):

@@ -19,6 +19,7 @@ __all__ = [
     "atomic_write_json",
     "load_torch_file",
     "refuse_overwriting_inputs",
+    "refuse_overwriting_inputs_or_exit",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -157,3 +158,12 @@ def refuse_overwriting_inputs(
         raise OutputCollisionError(
             f"refusing to write: {'; '.join(problems[:3])}{more}. Nothing was written: {fix}."
         )
+
+
+def refuse_overwriting_inputs_or_exit(inputs: Iterable[Optional[PathLike]], **kwargs) -> None:
+    """:func:`refuse_overwriting_inputs` for command-line tools: a collision exits (status 1)
+    with the message, before anything is written."""
+    try:
+        refuse_overwriting_inputs(inputs, **kwargs)
+    except OutputCollisionError as e:
+        raise SystemExit(f"error: {e}") from e
