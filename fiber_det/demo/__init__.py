@@ -1,7 +1,7 @@
 """The embedded default of fiber-det: the synthetic grounding demo (``make demo``), its pictures,
 and the inference CLI behind ``tools/demo.py``."""
 
-from .inference import collect_images, predict_images
+from .inference import check_demo_outputs, collect_images, output_names, predict_images
 from .pictures import best_box_per_label, write_demo_pictures
 from .pipeline import DEMO_CONFIG, DEMO_SPEC, DemoProgress, demo_config, run_synthetic_demo
 from .visualize import draw_boxes, draw_prediction, save_image, side_by_side, stack_rows
@@ -11,10 +11,12 @@ __all__ = [
     "DEMO_SPEC",
     "DemoProgress",
     "best_box_per_label",
+    "check_demo_outputs",
     "collect_images",
     "demo_config",
     "draw_boxes",
     "draw_prediction",
+    "output_names",
     "predict_images",
     "run_synthetic_demo",
     "save_image",

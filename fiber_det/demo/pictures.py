@@ -17,7 +17,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from torchvision.ops import nms
 
-from ..predictor import FIBERPrediction, FIBERPredictor, read_rgb_image
+from ..data.utils import read_image
+from ..predictor import FIBERPrediction, FIBERPredictor
 from ..text import Prompt, span_text
 from .visualize import draw_boxes, draw_prediction, save_image, side_by_side, stack_rows
 
@@ -136,7 +137,7 @@ def write_demo_pictures(
         grounding.setdefault(entry.get("original_img_id", entry["image_id"]), entry)
     written, overview = [], []
     for k, record in enumerate(records):
-        rgb = read_rgb_image(record["file_name"])
+        rgb = read_image(record["file_name"], "RGB")
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         pictures = [("detection", _detection_picture(predictor, rgb, record, classes))]
         entry = grounding.get(record["image_id"])
