@@ -92,10 +92,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = setup_cfg(args.config_file, opts)
     results = OrderedDict()
     for name, path in zip(args.dataset, args.predictions):
-        records = load_predictions(path)
-        logger.info("Loaded %d prediction records for %s from %s", len(records), name, path)
-        evaluator = build_evaluator(cfg, name)
-        metrics = evaluator.evaluate_predictions(records)
+        try:
+            records = load_predictions(path)
+            logger.info("Loaded %d prediction records for %s from %s", len(records), name, path)
+            evaluator = build_evaluator(cfg, name)
+            metrics = evaluator.evaluate_predictions(records)
+        except (FileNotFoundError, ValueError) as e:  # a bad file or predictions of another set
+            raise SystemExit(f"error: {name} with {path}: {e}") from e
         print(f"Evaluation results for {name}:\n{evaluator.format_results(metrics)}")
         results[name] = {**metrics, "prediction_checks": evaluator.prediction_checks}
     coco_ap = args.coco_ap if args.coco_ap is not None else cfg.TEST.FIBER.COCO_O_CLEAN_AP

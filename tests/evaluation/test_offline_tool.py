@@ -135,3 +135,13 @@ def test_tool_refuses_an_output_that_is_one_of_its_inputs(tmp_path, run_online):
         with pytest.raises(SystemExit, match=r"refusing to write: the output .* is the input"):
             _tool().main(argv)
     assert pred.read_bytes() == before and open(gt, "rb").read() == gt_before
+
+
+def test_tool_names_the_dataset_and_file_of_foreign_predictions(tmp_path):
+    import torch
+
+    name, _, _ = cases.coco_case(tmp_path)
+    pred = tmp_path / "other.pth"
+    torch.save([{"image_id": 999, "instances": [], "num_prompts": 1}], pred)
+    with pytest.raises(SystemExit, match=rf"error: {name} with .*other.pth: none of the 1 pred"):
+        _tool().main(["--dataset", name, "--predictions", str(pred)])
