@@ -20,6 +20,8 @@ import logging
 import os
 import sys
 
+from fiber_det.utils.io import atomic_write_json, refuse_overwriting_inputs_or_exit
+
 logger = logging.getLogger("prepare_mixed_no_coco")
 
 
@@ -32,22 +34,22 @@ def remove_coco_images(data: dict) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--json", required=True, help="MDETR final_mixed_train.json")
     parser.add_argument("--out", required=True, help="output json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not os.path.isfile(args.json):
         logger.error("annotation file not found: %s (see datasets/README.md)", args.json)
         return 1
+    refuse_overwriting_inputs_or_exit([args.json], output_files=[args.out], fix="a new --out")
     with open(args.json) as f:
         data = json.load(f)
     out = remove_coco_images(data)
-    with open(args.out, "w") as f:
-        json.dump(out, f)
+    atomic_write_json(out, args.out, indent=None)
     logger.info(
         "wrote %s: kept %d of %d captions", args.out, len(out["images"]), len(data["images"])
     )

@@ -24,6 +24,8 @@ import logging
 import os
 import sys
 
+from fiber_det.utils.io import atomic_write_json, refuse_overwriting_inputs_or_exit
+
 logger = logging.getLogger("prepare_objects365")
 
 
@@ -68,7 +70,7 @@ def convert(data: dict, image_root: str, check: bool) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -76,18 +78,17 @@ def main() -> int:
     parser.add_argument("--image-root", required=True, help="folder of the unpacked images")
     parser.add_argument("--out", required=True, help="output COCO json")
     parser.add_argument("--check-images", action="store_true", help="drop images not on disk")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for path, what in ((args.json, "annotation file"), (args.image_root, "image folder")):
         if not os.path.exists(path):
             logger.error("%s not found: %s (see datasets/README.md)", what, path)
             return 1
+    refuse_overwriting_inputs_or_exit([args.json], output_files=[args.out], fix="a new --out")
     with open(args.json) as f:
         data = json.load(f)
     out = convert(data, args.image_root, args.check_images)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f)
+    atomic_write_json(out, args.out, indent=None)
     logger.info(
         "wrote %s: %d images, %d boxes, %d categories",
         args.out,

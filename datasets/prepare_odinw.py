@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from fiber_det.utils.io import atomic_write_json
+
 logger = logging.getLogger("prepare_odinw")
 
 RAW_NAME = "_annotations.coco.json"
@@ -48,8 +50,7 @@ def convert_tree(root: Path, overwrite: bool = False) -> int:
             continue
         with open(raw) as f:
             data = json.load(f)
-        with open(out, "w") as f:
-            json.dump(remove_background(data), f)
+        atomic_write_json(remove_background(data), out, indent=None)
         logger.info("wrote %s", out)
         written += 1
     return written

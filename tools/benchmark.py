@@ -32,7 +32,7 @@ from detectron2.utils.events import EventStorage
 
 from fiber_det.utils.benchmark import machine_description, measure, measure_interleaved
 from fiber_det.utils.flops import component_flops, multi_prompt_flop_bound
-from fiber_det.utils.io import atomic_open, atomic_write_json
+from fiber_det.utils.io import atomic_open, atomic_write_json, refuse_overwriting_inputs_or_exit
 from fiber_det.utils.testing import (
     TEST_VOCABULARY,
     build_test_tokenizer,
@@ -386,6 +386,13 @@ def write_readme_section(readme: str, section: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The README is rewritten in place (as meant); the saved results must survive.
+    inputs, outputs = (
+        (args.from_json, [args.readme]) if args.from_json else ([args.readme], [args.output])
+    )
+    refuse_overwriting_inputs_or_exit(
+        inputs, output_files=outputs, fix="give --output / --readme files of their own"
+    )
     if args.from_json:
         if not args.readme:
             raise SystemExit("--from-json only regenerates a README: add --readme README.md")

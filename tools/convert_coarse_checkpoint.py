@@ -11,7 +11,8 @@ text-to-image fusion); the FPN and the head start from scratch. A report of what
 was skipped (coarse-only modules, ...) and what starts from scratch is printed. The output loads
 with ``MODEL.WEIGHTS`` (so does the coarse file itself: the same conversion runs on load).
 Lightning ``.ckpt`` files hold Python objects besides tensors: ``--allow-pickle`` loads them
-(only for files you trust).
+(only for files you trust). The output may not be the input (or the config): that is refused
+before anything is read or written.
 """
 
 import argparse
@@ -22,7 +23,9 @@ from detectron2.modeling import build_model
 
 from fiber_det.checkpoint.coarse import convert_coarse_state_dict, read_coarse_checkpoint
 from fiber_det.config import load_config
-from fiber_det.utils.io import atomic_torch_save
+from fiber_det.utils.io import atomic_torch_save, refuse_overwriting_inputs_or_exit
+
+NEW_FILE = "write the converted checkpoint to a new file"
 
 
 def parse_args(argv=None):
@@ -56,6 +59,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    refuse_overwriting_inputs_or_exit(
+        [args.input, args.config_file], output_files=[args.output], fix=NEW_FILE
+    )
     opts = ["MODEL.DEVICE", "cpu"]
     if args.fusion_version:
         opts += ["MODEL.FIBER.FUSION_VERSION", args.fusion_version]

@@ -8,7 +8,8 @@ prefix; fusion v2 or v3 is detected from the keys. The output loads with detectr
 ``DetectionCheckpointer`` (``MODEL.WEIGHTS``) into the FIBER-B model of the matching config. A
 report of converted, dropped and missing keys by component is printed; a key that would be lost
 is an error. (``MODEL.WEIGHTS`` may also point at the official file directly: the same conversion
-runs on load.)
+runs on load.) The output may not be the input (or the config): that is refused before anything is
+read or written; the output is written to a temporary file, then renamed.
 """
 
 import argparse
@@ -22,7 +23,13 @@ from detectron2.modeling import build_model
 from fiber_det.checkpoint import CheckpointError, convert_official_state_dict, detect_fusion_version
 from fiber_det.checkpoint.official import unwrap_state_dict
 from fiber_det.config import load_config
-from fiber_det.utils.io import atomic_torch_save, load_torch_file
+from fiber_det.utils.io import (
+    atomic_torch_save,
+    load_torch_file,
+    refuse_overwriting_inputs_or_exit,
+)
+
+NEW_FILE = "write the converted checkpoint to a new file"
 
 
 def parse_args(argv=None):
@@ -63,6 +70,9 @@ def main(argv=None) -> int:
     if not Path(args.input).is_file():
         print(f"error: input file not found: {args.input}", file=sys.stderr)
         return 2
+    refuse_overwriting_inputs_or_exit(
+        [args.input, args.config_file], output_files=[args.output], fix=NEW_FILE
+    )
     try:
         obj = load_torch_file(
             args.input, allow_pickle=args.allow_pickle, hint="rerun with --allow-pickle."

@@ -15,6 +15,11 @@ automatically), on files, folders or globs::
 Writes ``<image>.jpg`` (boxes at or above --confidence-threshold, drawn with detectron2's
 Visualizer) and ``<image>.json`` per image, and ``predictions.json`` for all. A vocabulary too
 long for one prompt is split into several prompts automatically.
+
+Refused before anything is written: an output folder that is or holds an input image, or that an
+input glob reads; outputs that would overwrite the config or the weights. Images with the same
+name get distinct outputs (``a.jpg``, ``a_1.jpg``). An image that cannot be used (missing,
+corrupt, degenerate, oversized) is skipped and named; the run goes on and exits with status 1.
 """
 
 import argparse
@@ -28,7 +33,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from fiber_det.config import load_config  # noqa: E402
-from fiber_det.demo import collect_images, predict_images  # noqa: E402
+from fiber_det.demo import check_demo_outputs, collect_images, predict_images  # noqa: E402
 from fiber_det.predictor import FIBERPredictor  # noqa: E402
 
 logger = logging.getLogger("fiber_det.demo")
@@ -73,6 +78,12 @@ def main(argv=None) -> int:
     prompt = args.prompt if args.prompt is not None else _categories(args.categories)
     try:
         files = collect_images(args.input)
+        check_demo_outputs(
+            files,
+            args.output,
+            patterns=args.input,
+            protected=[args.config_file, args.weights],
+        )
         opts = [*args.opts, "MODEL.WEIGHTS_ALLOW_PICKLE", args.allow_pickle]
         cfg = load_config(
             args.config_file, opts, weights=args.weights, device="cpu" if args.cpu else None
@@ -86,13 +97,21 @@ def main(argv=None) -> int:
         predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
     )
     logger.info(
-        "%d images written to %s (%d detections at >= %.2f)%s",
+        "%d images written to %s (%d detections at >= %.2f)",
         len(records),
         args.output,
         sum(len(r["detections"]) for r in records),
         args.confidence_threshold,
-        f"; {len(failures)} unreadable images skipped" if failures else "",
     )
+    if failures:
+        logger.error(
+            "%d of %d images skipped (listed under 'failures' in %s/predictions.json): %s",
+            len(failures),
+            len(files),
+            args.output,
+            "; ".join(f"{f}: {e}" for f, e in failures[:5])
+            + (f"; ... {len(failures) - 5} more" if len(failures) > 5 else ""),
+        )
     return 1 if failures else 0
 
 

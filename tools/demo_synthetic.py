@@ -15,12 +15,15 @@ Then run the trained model on any image (tools/demo.py)::
         --weights output/demo/model_final.pth --input datasets/synthetic/images/val \\
         --prompt "the small red circle left of a blue square" --output output/demo_cli
 
-Exit status 1 when a held-out metric is below its target (--min-ap50, --min-recall1).
+Exit status 1 when a held-out metric is below its target (--min-ap50, --min-recall1). A config
+or weights file that the run would overwrite (``--output``'s config.yaml, metrics.json,
+model_final.pth) is refused before anything is written.
 """
 
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 
@@ -30,6 +33,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from fiber_det.demo import DEMO_CONFIG, DEMO_SPEC, run_synthetic_demo  # noqa: E402
+from fiber_det.utils.io import refuse_overwriting_inputs_or_exit  # noqa: E402
 
 logger = logging.getLogger("fiber_det.demo")
 
@@ -55,6 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    weights = [v for k, v in zip(args.opts[::2], args.opts[1::2]) if k == "MODEL.WEIGHTS"]
+    outputs = ("config.yaml", "metrics.json", "model_final.pth")
+    refuse_overwriting_inputs_or_exit(
+        [args.config_file, *weights],
+        output_files=[os.path.join(args.output, n) for n in outputs],
+        fix="give --output a new folder",
+    )
     setup_logger(output=args.output, name="fiber_det", abbrev_name="fiber")
     setup_logger(output=args.output, name="detectron2", abbrev_name="d2")
     spec = dataclasses.replace(

@@ -11,7 +11,13 @@ from ``--config-file`` and the ``KEY VALUE`` overrides after ``--`` (e.g.
 ``TEST.FIBER.FLICKR_PROTOCOL merged``, ``TEST.FIBER.LVIS_USE_FIXED_AP False``). Several
 ``--dataset`` / ``--predictions`` pairs are evaluated in order and summarised as in an online run
 (ODinW average; COCO-O mean and effective robustness, the clean COCO AP from ``--coco-ap`` or from
-a COCO dataset among them). The JSON output maps each dataset to its results, plus ``summary``.
+a COCO dataset among them). The JSON output maps each dataset to its results (with the counts of
+the prediction checks under ``prediction_checks``), plus ``summary``.
+
+Prediction files are read safely (tensors and plain containers, or JSON; never pickled objects).
+Records with non-finite boxes or scores, unknown category ids, duplicated images or images of
+another dataset are dropped and counted (or refused when nothing of the file fits the dataset).
+``--output`` may not be one of the inputs (a predictions file, the config, a dataset's json).
 """
 
 import argparse
@@ -20,6 +26,7 @@ import sys
 from collections import OrderedDict
 from typing import List, Optional
 
+from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import fiber_det  # noqa: F401  registers the model and the datasets
@@ -31,6 +38,7 @@ from fiber_det.evaluation import (
     summarize_benchmarks,
 )
 from fiber_det.evaluation.records import atomic_save_json
+from fiber_det.utils.io import refuse_overwriting_inputs_or_exit
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -65,13 +73,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     logger = logging.getLogger("fiber_det.evaluate_predictions")
     cfg = load_config(args.config_file, opts)
+    gt_files = [MetadataCatalog.get(n).get("json_file", None) for n in args.dataset]
+    refuse_overwriting_inputs_or_exit(
+        [*args.predictions, args.config_file, *[f for f in gt_files if isinstance(f, str)]],
+        output_files=[args.output],
+        fix="give --output a new file, e.g. results.json next to the predictions",
+    )
     results = OrderedDict()
     for name, path in zip(args.dataset, args.predictions):
-        records = load_predictions(path)
-        logger.info("Loaded %d prediction records for %s from %s", len(records), name, path)
-        evaluator = build_evaluator(cfg, name)
-        results[name] = evaluator.evaluate_predictions(records)
-        print(f"Evaluation results for {name}:\n{evaluator.format_results(results[name])}")
+        try:
+            records = load_predictions(path)
+            logger.info("Loaded %d prediction records for %s from %s", len(records), name, path)
+            evaluator = build_evaluator(cfg, name)
+            metrics = evaluator.evaluate_predictions(records)
+        except (FileNotFoundError, ValueError) as e:  # a bad file or predictions of another set
+            raise SystemExit(f"error: {name} with {path}: {e}") from e
+        print(f"Evaluation results for {name}:\n{evaluator.format_results(metrics)}")
+        results[name] = {**metrics, "prediction_checks": evaluator.prediction_checks}
     coco_ap = args.coco_ap if args.coco_ap is not None else cfg.TEST.FIBER.COCO_O_CLEAN_AP
     summary = summarize_benchmarks(results, coco_clean_ap=coco_ap)
     if summary:

@@ -18,10 +18,13 @@ Your own COCO-format data on one GPU: configs/fiber_b/custom_finetune.yaml. Eval
         MODEL.WEIGHTS fiber_coco.pth
 
 ``--resume`` continues from ``OUTPUT_DIR/last_checkpoint`` at the next iteration. On CPU, use
-``MODEL.DEVICE cpu`` (``--num-gpus N`` then starts N processes with the gloo backend).
+``MODEL.DEVICE cpu`` (``--num-gpus N`` then starts N processes with the gloo backend). A training
+run whose checkpoints (``OUTPUT_DIR/model_final.pth``, ``model_<iter>.pth``) would overwrite the
+``MODEL.WEIGHTS`` it starts from is refused before anything is written.
 """
 
 import logging
+import os
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -32,14 +35,32 @@ from fiber_det.checkpoint import build_and_load_model
 from fiber_det.config import load_config
 from fiber_det.engine import Trainer
 from fiber_det.evaluation import log_benchmark_summary
+from fiber_det.utils.io import refuse_overwriting_inputs
 
 logger = logging.getLogger("fiber_det")
+
+
+def refuse_overwriting_weights(cfg, resume: bool = False) -> None:
+    """Refuse a training run whose checkpoints would overwrite the ``MODEL.WEIGHTS`` it starts
+    from (e.g. fine-tuning ``OUTPUT_DIR/model_final.pth`` into the same ``OUTPUT_DIR``). With
+    ``resume`` and a ``last_checkpoint``, the run continues its own checkpoints (as meant)."""
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    period, last = cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER - 1
+    names = [f"model_{i:07d}.pth" for i in range(period - 1, last, period)] + ["model_final.pth"]
+    refuse_overwriting_inputs(
+        [cfg.MODEL.WEIGHTS],
+        output_files=[os.path.join(cfg.OUTPUT_DIR, n) for n in names],
+        fix="copy the weights elsewhere or set another OUTPUT_DIR",
+    )
 
 
 def setup(args):
     """Config from the file and the command line (``DATASETS.CUSTOM`` registered), logging,
     output folder."""
     cfg = load_config(args.config_file, args.opts)
+    if not args.eval_only:
+        refuse_overwriting_weights(cfg, args.resume)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_det")
     return cfg

@@ -17,6 +17,11 @@ counted. Evaluation: fixed resize and the image's prompt(s): detection data get 
 (or the image's ``sent_ids`` for D3) in one prompt or in chunks (``prompts``) with
 ``label_to_category``; grounding data get their caption with one positive-map row per phrase of
 ``tokens_positive_eval``, and their grounding fields pass through.
+
+A "full" training prompt that cannot hold the whole vocabulary (e.g. 2000 categories in 256
+tokens) would silently lose the boxes of every name past the cut: a dataset whose own policy is
+"full" switches to "sampled" prompts with a warning, and an explicit
+``DATASETS.FIBER.TRAIN_PROMPT full`` is refused.
 """
 
 import copy
@@ -124,6 +129,7 @@ class FIBERDatasetMapper:
             log_period=log_period,
         )
         self._vocabularies: Dict[str, DatasetVocabulary] = {}
+        self._train_policies: Dict[Optional[str], str] = {}
         self._formats: Dict[str, str] = {}
         self._eval_prompts: OrderedDict[Tuple, List[EncodedPrompt]] = OrderedDict()
         for name in dataset_names:
@@ -183,6 +189,40 @@ class FIBERDatasetMapper:
             self._vocabularies[source] = dataset_vocabulary(source)
         return self._vocabularies[source]
 
+    def train_policy(self, source: Optional[str], vocab: DatasetVocabulary) -> str:
+        """The training prompt policy of a dataset: "full" or "sampled" (decided once).
+
+        Raises:
+            ValueError: ``DATASETS.FIBER.TRAIN_PROMPT`` is "full" but the vocabulary does not
+                fit in one prompt.
+        """
+        if source in self._train_policies:
+            return self._train_policies[source]
+        policy = self.train_prompt or vocab.train_prompt
+        if policy == "full":
+            need = vocab.full_prompt_tokens(self.tokenizer, self.separator)
+            budget = self.max_query_len - 2  # <s> and </s>
+            if need > budget:
+                what = (
+                    f"dataset {source!r}: its {len(vocab.names)} category names take {need} "
+                    f"tokens, more than a training prompt holds ({budget} of "
+                    "MODEL.LANGUAGE.MAX_QUERY_LEN); a full-list prompt would lose the boxes of "
+                    "every name past the cut"
+                )
+                if self.train_prompt == "full":
+                    raise ValueError(
+                        f"{what}. Set DATASETS.FIBER.TRAIN_PROMPT to 'sampled' (positives + "
+                        "sampled negatives, as for LVIS) or '' (each dataset's own policy)"
+                    )
+                logger.warning(
+                    "%s: using 'sampled' prompts (positives + sampled negatives) instead. "
+                    "Register it with train_prompt='sampled' to silence this warning.",
+                    what,
+                )
+                policy = "sampled"
+        self._train_policies[source] = policy
+        return policy
+
     # -- mapping ---------------------------------------------------------------------------------
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
@@ -234,7 +274,7 @@ class FIBERDatasetMapper:
         annos, boxes = self._boxes(d)
         classes = [int(a["category_id"]) for a in annos]
         vocab = self.vocabulary(d.get("source_dataset"))
-        policy = self.train_prompt or vocab.train_prompt
+        policy = self.train_policy(d.get("source_dataset"), vocab)
         if policy == "sampled":
             sampled = sampled_category_prompt(
                 vocab.names,

@@ -11,7 +11,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.data import MetadataCatalog
 
-from ..text import count_name_tokens, spans_to_positive_map, tokenize_prompts
+from ..text import (
+    build_detection_prompt,
+    count_name_tokens,
+    spans_to_positive_map,
+    tokenize_prompts,
+)
 
 __all__ = ["DatasetVocabulary", "EncodedPrompt", "PromptEncoder", "dataset_vocabulary"]
 
@@ -115,12 +120,21 @@ class DatasetVocabulary:
     train_prompt: str = "full"
     eval_chunk_size: Optional[int] = None
     _name_tokens: Optional[List[int]] = None
+    _full_prompt_tokens: Optional[int] = None
 
     def name_tokens(self, tokenizer, separator: str) -> List[int]:
         """Token cost of each name in a training caption (computed once)."""
         if self._name_tokens is None:
             self._name_tokens = count_name_tokens(tokenizer, self.names, separator)
         return self._name_tokens
+
+    def full_prompt_tokens(self, tokenizer, separator: str) -> int:
+        """Tokens (without special tokens) of the caption listing every name (computed once)."""
+        if self._full_prompt_tokens is None:
+            caption = build_detection_prompt(self.names, separator=separator).caption
+            ids = tokenizer(caption, add_special_tokens=False)["input_ids"]
+            self._full_prompt_tokens = len(ids)
+        return self._full_prompt_tokens
 
 
 def dataset_vocabulary(name: str) -> DatasetVocabulary:

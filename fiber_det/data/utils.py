@@ -9,7 +9,16 @@ from typing import Dict, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataIssueCounter", "read_image", "read_json", "require_file"]
+__all__ = [
+    "MAX_ASPECT_RATIO",
+    "MIN_IMAGE_SIDE",
+    "DataIssueCounter",
+    "UnusableImageError",
+    "check_image_size",
+    "read_image",
+    "read_json",
+    "require_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +45,61 @@ def read_json(path: str, what: str = "annotation file"):
         return json.load(f)
 
 
+# Smallest image side and largest side ratio accepted: a thinner image has a side of 0 pixels
+# after the resize to the model's input size (shortest edge, capped longest edge).
+MIN_IMAGE_SIDE = 2
+MAX_ASPECT_RATIO = 100
+# PIL modes of more than 8 bits per channel that ``convert("RGB")`` clips instead of scaling.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class UnusableImageError(ValueError):
+    """An image file that decodes but cannot be used (degenerate, oversized, no fixed range)."""
+
+
+def check_image_size(height: int, width: int, file_name: str = "the image") -> None:
+    """Raise an :class:`UnusableImageError` naming ``file_name`` if an image is too thin to be
+    resized for the model (a side under MIN_IMAGE_SIDE pixels, or sides more than
+    MAX_ASPECT_RATIO apart)."""
+    short, long = min(height, width), max(height, width)
+    if short < MIN_IMAGE_SIDE or long > MAX_ASPECT_RATIO * short:
+        raise UnusableImageError(
+            f"{file_name} is {width}x{height} pixels: degenerate (a side under {MIN_IMAGE_SIDE} "
+            f"pixels or an aspect ratio over {MAX_ASPECT_RATIO}), it cannot be resized for the "
+            "model; crop or pad it, or remove it from the input / the annotation file"
+        )
+
+
+def _to_rgb(img: Image.Image, file_name: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an opened PIL image; 16-bit grey levels are scaled to 8 bits (high
+    byte, as PIL reads 16-bit RGB PNGs) instead of being clipped at 255."""
+    if img.mode in _HIGH_BIT_DEPTH_MODES:
+        grey = np.asarray(img).astype(np.int64)
+        grey = (np.clip(grey, 0, 65535) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if img.mode == "F":
+        raise UnusableImageError(
+            f"{file_name} has floating-point pixels (PIL mode F) without a fixed range: convert it "
+            "to 8 or 16 bits per channel"
+        )
+    return np.asarray(img.convert("RGB"))
+
+
 def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
     """Read an image as (H, W, 3) uint8 in ``image_format`` ("BGR" or "RGB").
 
-    Like the official loader (``PIL.Image.open(...).convert("RGB")``), EXIF orientation is NOT
-    applied, so boxes stay aligned with the stored pixels (detectron2's ``read_image`` rotates).
+    The one image reader of fiber-det (training, evaluation, demo). Like the official loader
+    (``PIL.Image.open(...).convert("RGB")``), EXIF orientation is NOT applied, in training and
+    in inference alike, so boxes stay aligned with the stored pixels (detectron2's ``read_image``
+    rotates). 16-bit images are scaled to 8 bits (their high byte), not clipped.
 
     Raises:
         IsADirectoryError: the path is a folder.
         FileNotFoundError: the file does not exist.
         OSError: the file cannot be decoded (corrupt or not an image), naming it.
+        UnusableImageError (a ValueError): naming the file: a degenerate size
+            (:func:`check_image_size`), more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows,
+            or floating-point pixels.
     """
     if os.path.isdir(file_name):
         raise IsADirectoryError(
@@ -59,7 +113,15 @@ def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
         )
     try:
         with Image.open(file_name) as img:
-            array = np.asarray(img.convert("RGB"))
+            check_image_size(img.height, img.width, file_name)
+            array = _to_rgb(img, file_name)
+    except UnusableImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise UnusableImageError(
+            f"{file_name} is too large to decode safely ({e}); downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise OSError(
             f"cannot read image {file_name} ({type(e).__name__}: {e}): the file is corrupt or not "

@@ -3,7 +3,7 @@ pictures, and the inference CLI behind ``tools/demo.py``. Nothing here is regist
 ``import fiber_det``: the demo registers its datasets when it runs
 (:func:`register_synthetic_datasets`)."""
 
-from .inference import collect_images, predict_images
+from .inference import check_demo_outputs, collect_images, output_names, predict_images
 from .pictures import best_box_per_label, write_demo_pictures
 from .pipeline import DEMO_CONFIG, DEMO_SPEC, DemoProgress, demo_config, run_synthetic_demo
 from .synthetic import (
@@ -22,6 +22,7 @@ __all__ = [
     "DemoProgress",
     "SyntheticSpec",
     "best_box_per_label",
+    "check_demo_outputs",
     "collect_images",
     "default_synthetic_root",
     "demo_config",
@@ -29,6 +30,7 @@ __all__ = [
     "draw_prediction",
     "ensure_synthetic_dataset",
     "generate_synthetic_dataset",
+    "output_names",
     "predict_images",
     "register_synthetic_datasets",
     "run_synthetic_demo",

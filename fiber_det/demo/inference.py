@@ -1,20 +1,32 @@
-"""The inference CLI (``tools/demo.py``): images in, pictures and JSON of detections out."""
+"""The inference CLI (``tools/demo.py``): images in, pictures and JSON of detections out.
+
+Outputs never destroy inputs: the output folder may not be, or hold, an input image, nor be a
+folder that the input globs read; each image gets its own output name (``a``, ``a_1``, ...; case
+is ignored, ``predictions`` is reserved for the summary). An image that cannot be used (missing,
+corrupt, degenerate, oversized, unsupported) is skipped, named and counted; the others go on.
+"""
 
 import glob
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from ..data.utils import read_image
 from ..predictor import FIBERPredictor, PromptLike
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, refuse_overwriting_inputs
 from .visualize import draw_prediction, save_image
 
-__all__ = ["IMAGE_EXTENSIONS", "collect_images", "predict_images"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_demo_outputs",
+    "collect_images",
+    "output_names",
+    "predict_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +61,49 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
     return unique
 
 
-def _output_names(files: Sequence[str]) -> List[str]:
-    """A distinct output stem per input (``name``, then ``name_1``, ... on collisions)."""
-    seen: Dict[str, int] = {}
+SUMMARY_FILE = "predictions.json"
+
+
+def output_names(files: Sequence[str]) -> List[str]:
+    """A distinct output stem per input: ``name``, then ``name_1``, ``name_2``, ... when the stem
+    is taken (compared ignoring case, for case-insensitive file systems; the summary's stem
+    ``predictions`` is reserved)."""
+    used = {Path(SUMMARY_FILE).stem.casefold()}
     names = []
     for f in files:
-        stem = Path(f).stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        names.append(stem if n == 0 else f"{stem}_{n}")
+        stem = name = Path(f).stem
+        n = 0
+        while name.casefold() in used:
+            n += 1
+            name = f"{stem}_{n}"
+        used.add(name.casefold())
+        names.append(name)
     return names
+
+
+def _output_files(output_dir: str, names: Sequence[str]) -> List[str]:
+    files = [os.path.join(output_dir, f"{n}{ext}") for n in names for ext in (".jpg", ".json")]
+    return files + [os.path.join(output_dir, SUMMARY_FILE)]
+
+
+def check_demo_outputs(
+    files: Sequence[str],
+    output_dir: str,
+    *,
+    patterns: Sequence[str] = (),
+    protected: Sequence[Optional[str]] = (),
+) -> None:
+    """Refuse (before anything is written) an output folder that is or holds an input image or
+    that a glob of ``patterns`` reads, and outputs that would overwrite a ``protected`` file (the
+    config, the weights).
+
+    Raises:
+        OutputCollisionError: naming the collision and the fix.
+    """
+    fix = "give --output a folder of its own, outside the input folders and globs"
+    refuse_overwriting_inputs(files, output_dir=output_dir, input_patterns=patterns, fix=fix)
+    outputs = _output_files(output_dir, output_names(files))
+    refuse_overwriting_inputs(protected, output_files=outputs, fix=fix)
 
 
 def predict_images(
@@ -74,15 +119,20 @@ def predict_images(
     ``<name>.json`` (detections at or above ``confidence_threshold``), plus
     ``predictions.json`` for all images.
 
-    An image that cannot be read is skipped and reported; the others go on.
+    An image that cannot be used (missing, corrupt, degenerate, oversized; see
+    :func:`fiber_det.data.utils.read_image`) is skipped and reported; the others go on.
 
     Returns:
         (records, failures): one record per written image, and ``(file, error)`` pairs.
+
+    Raises:
+        OutputCollisionError: ``output_dir`` is or holds an input (nothing is written).
     """
-    os.makedirs(output_dir, exist_ok=True)
+    check_demo_outputs(files, output_dir)
     query_check = predictor.encode_prompt(prompt)  # a bad prompt fails before any image
+    os.makedirs(output_dir, exist_ok=True)
     logger.info("prompt: %s; labels: %s", query_check.captions, query_check.names)
-    names = _output_names(files)
+    names = output_names(files)
     records, failures = [], []
     bar = tqdm(total=len(files), unit="image", disable=not show_progress)
     for start in range(0, len(files), predictor.batch_size):
@@ -90,7 +140,7 @@ def predict_images(
         for i in range(start, min(start + predictor.batch_size, len(files))):
             try:
                 batch.append((i, read_image(files[i], "RGB")))
-            except OSError as e:  # includes FileNotFoundError / IsADirectoryError
+            except (OSError, ValueError) as e:  # missing, corrupt, degenerate, oversized
                 failures.append((files[i], str(e)))
                 logger.error("skipped %s: %s", files[i], e)
                 bar.update(1)
@@ -108,7 +158,7 @@ def predict_images(
     bar.close()
     summary = {"prompt": query_check.captions, "labels": query_check.names, "images": records}
     summary["failures"] = [{"file_name": f, "error": e} for f, e in failures]
-    atomic_write_json(summary, os.path.join(output_dir, "predictions.json"))
+    atomic_write_json(summary, os.path.join(output_dir, SUMMARY_FILE))
     return records, failures
 
 

@@ -1,5 +1,6 @@
 """Pictures of predictions and ground truth, drawn with detectron2's ``Visualizer``."""
 
+import os
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -8,6 +9,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw, ImageFont
 
 from ..predictor import FIBERPrediction
+from ..utils.io import atomic_open
 
 __all__ = [
     "draw_boxes",
@@ -117,7 +119,10 @@ def stack_rows(rows: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
 def save_image(image_rgb: np.ndarray, path: str, quality: int = 90) -> None:
     """Save an RGB array (JPEG quality ``quality`` for .jpg files)."""
     img = Image.fromarray(np.ascontiguousarray(image_rgb))
-    if path.lower().endswith((".jpg", ".jpeg")):
-        img.save(path, quality=quality)
-    else:
-        img.save(path)
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"cannot save {path}: unknown image extension {ext!r} (use .jpg or .png)")
+    options = {"quality": quality} if fmt == "JPEG" else {}
+    with atomic_open(path, "wb") as f:  # a crash never leaves half a picture
+        img.save(f, format=fmt, **options)

@@ -4,7 +4,9 @@
 records of all processes with ``detectron2.utils.comm``, and on the main process saves them
 (``instances_predictions.pth``), computes the metrics with ``evaluate_predictions(records)``, logs
 the table of ``format_results`` and saves the metrics (``results.json``). The offline tool calls the
-same ``evaluate_predictions`` and ``format_results`` on the saved records.
+same ``evaluate_predictions`` and ``format_results`` on the saved records. ``evaluate_predictions``
+starts with :meth:`RecordEvaluatorMixin.check_records` (``checks.py``), whose counts are kept in
+``prediction_checks`` and saved in ``results.json`` beside the metrics.
 """
 
 import itertools
@@ -17,6 +19,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
+from .checks import PREDICTION_CHECKS_KEY, check_prediction_records
 from .records import PREDICTIONS_FILE, RESULTS_FILE, atomic_save_json, atomic_torch_save
 
 __all__ = ["FIBEREvaluator", "RecordEvaluatorMixin", "format_metric_tables"]
@@ -47,6 +50,17 @@ class RecordEvaluatorMixin:
 
     def reset(self) -> None:
         self._records: List[Dict[str, Any]] = []
+        self.prediction_checks: Dict[str, int] = {}
+
+    def check_records(
+        self, records: Sequence[Mapping[str, Any]], **expected
+    ) -> List[Dict[str, Any]]:
+        """The records that can be scored (:func:`.checks.check_prediction_records` with the
+        dataset's ``expected`` images / categories); the counts go to ``prediction_checks``."""
+        kept, self.prediction_checks = check_prediction_records(
+            records, dataset_name=self._dataset_name, logger=self._logger, **expected
+        )
+        return kept
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]):
         """Args: inputs, outputs: a batch of model inputs and outputs (data contract 2 and 3)."""
@@ -88,7 +102,8 @@ class RecordEvaluatorMixin:
             "Evaluation results for %s:\n%s", self._dataset_name, self.format_results(results)
         )
         if self._output_dir:
-            atomic_save_json(results, os.path.join(self._output_dir, RESULTS_FILE))
+            saved = {**results, PREDICTION_CHECKS_KEY: self.prediction_checks}
+            atomic_save_json(saved, os.path.join(self._output_dir, RESULTS_FILE))
         return results
 
     def _log_counts(self, records: Sequence[Mapping[str, Any]], extra: str = "") -> None:

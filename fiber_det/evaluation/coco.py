@@ -104,6 +104,7 @@ class FIBERCOCOEvaluator(RecordEvaluatorMixin, COCOEvaluator):
         Returns: ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<name>"...}}`` (percent;
         NaN when there is nothing to evaluate).
         """
+        records = self._check_detection_records(records)
         self._log_counts(records)
         results = OrderedDict()
         if not self._do_evaluation:
@@ -116,6 +117,16 @@ class FIBERCOCOEvaluator(RecordEvaluatorMixin, COCOEvaluator):
             self._coco_api, records_to_coco_results(records), per_category=self._per_category_ap
         )
         return results
+
+    def _check_detection_records(
+        self, records: Sequence[Mapping[str, Any]]
+    ) -> List[Dict[str, Any]]:
+        return self.check_records(
+            records,
+            known_images=self._coco_api.imgs,
+            category_ids=set(self._coco_api.getCatIds()),
+            merge_same_image=True,
+        )
 
     def box_ap(
         self, coco_gt: COCO, coco_results: List[Dict[str, Any]], *, per_category: bool
@@ -221,6 +232,7 @@ class D3Evaluator(FIBERCOCOEvaluator):
         """Returns: ``{"FULL": {...}, "PRES": {...}, "ABS": {...}}`` of AP metrics (percent)."""
         scenario = self._metadata.get("d3_intra_scenario", None)
         scenario = {True: "intra", False: "inter", None: "unknown"}[scenario]
+        records = self._check_detection_records(records)
         self._log_counts(records, extra=f"; {scenario}-scenario; GT subsets {list(self._gt_files)}")
         coco_results = records_to_coco_results(records)
         results = OrderedDict()

@@ -11,7 +11,7 @@ several types counts in each).
 
 import os
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
@@ -37,6 +37,21 @@ def _split_from_name(name: str) -> str | None:
     return last if last in ("train", "val", "test") else None
 
 
+def _caption_key(record: Mapping[str, Any]) -> Tuple[str, int]:
+    """A Flickr caption: (original image id, sentence index)."""
+    return str(record["original_img_id"]), int(record["sentence_id"])
+
+
+class _SplitCaptions:
+    """``key in captions``: the caption's image is an image of the split."""
+
+    def __init__(self, image_ids: Sequence[str]):
+        self._ids = {str(i) for i in image_ids}
+
+    def __contains__(self, key: Tuple[str, int]) -> bool:
+        return key[0] in self._ids
+
+
 def flickr_recall(
     records: Sequence[Mapping[str, Any]],
     gt: FlickrEntitiesGT,
@@ -59,7 +74,7 @@ def flickr_recall(
     seen = set()
     unexpected = duplicates = 0
     for r in records:
-        key = (str(r["original_img_id"]), int(r["sentence_id"]))
+        key = _caption_key(r)
         if key in seen:
             duplicates += 1
             continue
@@ -167,6 +182,12 @@ class FlickrEvaluator(FIBEREvaluator):
                 self._root, self._split, merged=self._protocol == "merged"
             )
         gt = self._gt
+        records = self.check_records(
+            records,
+            image_key=_caption_key,
+            known_images=_SplitCaptions(gt.image_ids),
+            phrase_labels=True,
+        )
         self._log_counts(
             records,
             extra=(

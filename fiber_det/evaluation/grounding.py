@@ -168,6 +168,7 @@ class GroundingRecallEvaluator(FIBEREvaluator):
     def evaluate_predictions(self, records: Sequence[Mapping[str, Any]]) -> "OrderedDict":
         """Returns: ``{"grounding": {"R@1", ..., "UB"}}`` (percent)."""
         gt = self._load_gt()
+        records = self.check_records(records, known_images=gt, phrase_labels=True)
         num_phrases = sum(1 for v in gt.values() for b in v if len(b))
         self._log_counts(records, extra=f"; {num_phrases} GT phrases with boxes")
         tally = RecallTally(self._topk)

@@ -312,6 +312,14 @@ class LVISEvaluator(FIBEREvaluator):
 
     def evaluate_predictions(self, records: Sequence[Mapping[str, Any]]) -> "OrderedDict":
         """Returns: ``{"bbox": {AP, AP50, AP75, APs, APm, APl, APr, APc, APf}}`` (percent)."""
+        if self._lvis_gt is None:
+            self._lvis_gt = _lvis().LVIS(self._metadata.json_file)
+        records = self.check_records(
+            records,
+            known_images=self._lvis_gt.imgs,
+            category_ids=self._lvis_gt.cats,
+            merge_same_image=True,
+        )
         merged = merge_records_by_image(records)
         mode = (
             f"Fixed AP, top {self._topk} per category"
@@ -319,8 +327,6 @@ class LVISEvaluator(FIBEREvaluator):
             else f"standard AP, top {self._max_dets} per image"
         )
         self._log_counts(merged, extra=f"; {mode}")
-        if self._lvis_gt is None:
-            self._lvis_gt = _lvis().LVIS(self._metadata.json_file)
         results = records_to_coco_results(merged)
         if self._use_fixed_ap:
             counts = defaultdict(int)

@@ -13,15 +13,15 @@ A record is ``{"image_id", "instances": [{"bbox": [x, y, w, h], "score", "catego
   ``original_img_id``, ``dataset_name``).
 """
 
+import json
 import math
 import os
-import pickle
 from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..utils.io import atomic_torch_save, atomic_write_json
+from ..utils.io import atomic_torch_save, atomic_write_json, load_torch_file
 
 __all__ = [
     "GROUNDING_FIELDS",
@@ -208,20 +208,50 @@ def atomic_save_json(obj: Any, path: str) -> None:
     atomic_write_json(_json_safe(obj), path, allow_nan=False)
 
 
+def _records_from_coco_results(results: List[Any]) -> List[Dict[str, Any]]:
+    """A COCO results json (one entry per box) as records, one per image, in first-seen order."""
+    records: Dict[Any, Dict[str, Any]] = {}
+    for k, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "bbox", "score", "category_id"} <= set(r):
+            raise ValueError(
+                f"entry #{k} of the COCO results list is not {{'image_id', 'category_id', 'bbox', "
+                "'score'}"
+            )
+        rec = records.setdefault(
+            r["image_id"], {"image_id": r["image_id"], "instances": [], "num_prompts": 1}
+        )
+        rec["instances"].append({f: r[f] for f in ("bbox", "score", "category_id")})
+    return list(records.values())
+
+
 def load_predictions(path: str) -> List[Dict[str, Any]]:
-    """Read an ``instances_predictions.pth`` (a list of records) and check its shape."""
+    """Read saved predictions safely and check their shape.
+
+    ``instances_predictions.pth`` (a list of records, data contract section 4) is read with
+    ``torch.load(weights_only=True)``: plain containers, numbers, strings and tensors only, never
+    pickled objects (there is no opt-in: fiber-det never writes any). A ``.json`` file may hold
+    the same list of records, or a COCO results list (``image_id``, ``category_id``, ``bbox``,
+    ``score`` per box; detection datasets).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"predictions file {path} not found: it is written by the evaluators as "
             f"<output folder>/{PREDICTIONS_FILE}"
         )
-    try:
-        records = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} holds objects other than lists, dicts, numbers, strings and tensors, so it "
-            f"is not a fiber-det predictions file (data contract section 4): {e}"
-        ) from e
+    if path.lower().endswith(".json"):
+        with open(path) as f:
+            records = json.load(f)
+        if isinstance(records, list) and records and "instances" not in records[0]:
+            records = _records_from_coco_results(records)
+    else:
+        try:
+            records = load_torch_file(path)
+        except ValueError as e:
+            raise ValueError(
+                f"{path} holds objects other than lists, dicts, numbers, strings and tensors, so "
+                f"it is not a fiber-det predictions file (data contract section 4) and is not "
+                f"unpickled: {e.__cause__!r}"
+            ) from e
     if not isinstance(records, list) or any(
         not isinstance(r, dict) or "image_id" not in r or "instances" not in r for r in records
     ):

@@ -107,6 +107,12 @@ class RefExpEvaluator(FIBEREvaluator):
         group = the images' ``dataset_name``, e.g. "refcoco"). Images without a record count as
         misses (with a warning)."""
         gt = self._load_gt()
+        records = self.check_records(
+            records,
+            known_images=gt,
+            groups={i: group for i, (_, group) in gt.items()},
+            phrase_labels=True,
+        )
         self._log_counts(records, extra=f"; {len(gt)} expressions in the dataset")
         hits = defaultdict(lambda: defaultdict(int))  # group -> metric -> hits
         count = defaultdict(int)

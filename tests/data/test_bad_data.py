@@ -6,7 +6,11 @@ import logging
 import pytest
 import torch
 
-from fiber_det.data import get_fiber_dataset_dicts, register_detection_dataset
+from fiber_det.data import (
+    get_fiber_dataset_dicts,
+    register_detection_dataset,
+    register_grounding_dataset,
+)
 from fiber_det.data.transforms import annotations_to_boxes
 
 from .tiny_data import decode, write_coco, write_json
@@ -102,33 +106,75 @@ def test_crowd_boxes_are_not_training_targets(coco, make_mapper):
     assert out["instances"].gt_classes.tolist() == [0]
 
 
-def test_truncated_prompt_is_logged_and_its_boxes_counted(
-    tmp_path, unique_name, make_mapper, tokenizer, caplog
-):
+def _long_vocabulary(tmp_path, unique_name):
+    """40 categories of ~3 tokens each (far over the tiny 64-token budget); image 1 has a box of
+    the first and of the last category."""
     from .tiny_data import coco_dict, write_image
 
-    names = [f"dog {i}" for i in range(40)]  # ~3 tokens each: far over the 64-token budget
+    names = [f"dog {i}" for i in range(40)]
     write_image(tmp_path / "a.jpg", 64, 48)
     cats = [(i + 1, n) for i, n in enumerate(names)]
     anns = [(1, 1, [2, 2, 20, 20]), (1, 40, [30, 5, 20, 20])]
     json_file = write_json(tmp_path / "long.json", coco_dict([(1, "a.jpg", 64, 48)], anns, cats))
     name = unique_name()
-    register_detection_dataset(name, json_file, str(tmp_path))
-    dicts = get_fiber_dataset_dicts([name])
+    register_detection_dataset(name, json_file, str(tmp_path))  # its own policy: "full"
+    return name, get_fiber_dataset_dicts([name])
+
+
+def test_full_prompt_that_cannot_hold_the_vocabulary_switches_to_sampled(
+    tmp_path, unique_name, make_mapper, tokenizer, caplog
+):
+    name, dicts = _long_vocabulary(tmp_path, unique_name)
     opts = {**NO_FLIP, "DATASETS.FIBER.SHUFFLE_CATEGORIES": False}
     mapper = make_mapper(True, [name], opts)
     with caplog.at_level(logging.WARNING):
         out = mapper(dicts[0])
-    assert "truncated to 64" in caplog.text  # never silent
-    assert mapper.issues.counts["prompt_truncated"] == 1
-    assert mapper.issues.counts["box_without_tokens"] == 1  # "dog 39" was cut off
-    assert [decode(tokenizer, out["input_ids"], r) for r in out["instances"].positive_map] == [
-        "dog 0"
-    ]
+        mapper(dicts[0])
+    assert caplog.text.count("using 'sampled' prompts") == 1  # once per dataset, never silent
+    assert "40 category names take" in caplog.text
+    rows = [decode(tokenizer, out["input_ids"], r) for r in out["instances"].positive_map]
+    assert sorted(rows) == ["dog 0", "dog 39"]  # no box lost to a cut-off prompt
+    assert mapper.issues.counts["box_without_tokens"] == 0
+    assert mapper.issues.counts["prompt_truncated"] == 0
     # evaluation packs the names into several prompts instead of truncating
     ev = make_mapper(False, [name])(dicts[0])
     assert len(ev["prompts"]) > 1 and ev["label_to_category"] == list(range(40))
     assert all(int(p["attention_mask"].sum()) <= 64 for p in ev["prompts"])
+
+
+def test_explicit_full_prompt_that_cannot_hold_the_vocabulary_is_refused(
+    tmp_path, unique_name, make_mapper
+):
+    name, dicts = _long_vocabulary(tmp_path, unique_name)
+    mapper = make_mapper(True, [name], {**NO_FLIP, "DATASETS.FIBER.TRAIN_PROMPT": "full"})
+    with pytest.raises(ValueError, match=r"40 category names take \d+ tokens.*TRAIN_PROMPT"):
+        mapper(dicts[0])
+
+
+def test_truncated_caption_is_logged_and_its_boxes_counted(
+    tmp_path, unique_name, make_mapper, tokenizer, caplog
+):
+    from .tiny_data import flickr_image, mdetr_dict, write_image
+
+    caption = " ".join(["dog"] * 70) + " a man"  # the phrase "a man" is past the 64-token cut
+    end = len(caption)
+    write_image(tmp_path / "a.jpg", 64, 48)
+    img = flickr_image(1, "a.jpg", caption=caption, phrases=[[[0, 3]], [[end - 5, end]]])
+    data = mdetr_dict(
+        [img], [(1, [2, 2, 20, 20], [[0, 3]]), (1, [30, 5, 20, 20], [[end - 5, end]])]
+    )
+    name = unique_name()
+    register_grounding_dataset(name, write_json(tmp_path / "g.json", data), str(tmp_path))
+    dicts = get_fiber_dataset_dicts([name])
+    mapper = make_mapper(True, [name], NO_FLIP)
+    with caplog.at_level(logging.WARNING):
+        out = mapper(dicts[0])
+    assert "truncated to 64" in caplog.text  # never silent
+    assert mapper.issues.counts["prompt_truncated"] == 1
+    assert mapper.issues.counts["box_without_tokens"] == 1  # "a man" was cut off
+    assert [decode(tokenizer, out["input_ids"], r) for r in out["instances"].positive_map] == [
+        "dog"
+    ]
 
 
 def test_a_name_that_cannot_fit_any_prompt_is_an_error_naming_it(

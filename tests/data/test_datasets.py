@@ -72,12 +72,27 @@ def test_registration_is_lazy_and_missing_file_is_a_clear_error(tmp_path, unique
         DatasetCatalog.get(g)
 
 
-def test_register_twice_keeps_the_first(tmp_path, unique_name):
+def test_register_again_is_a_no_op_with_the_same_files_and_an_error_with_others(
+    tmp_path, unique_name
+):
     name = unique_name()
     json_file, image_root = write_coco(tmp_path)
     register_detection_dataset(name, json_file, image_root)
-    register_detection_dataset(name, "other.json", "other")
+    register_detection_dataset(name, json_file, image_root)  # same files: nothing happens
+    with pytest.raises(
+        ValueError, match=r"already registered .*other\.json.*DatasetCatalog\.remove"
+    ):
+        register_detection_dataset(name, "other.json", "other")
+    with pytest.raises(ValueError, match="evaluator_type"):
+        register_detection_dataset(name, json_file, image_root, evaluator_type="odinw")
+    with pytest.raises(ValueError, match="already registered"):
+        register_grounding_dataset(name, json_file, image_root)
     assert MetadataCatalog.get(name).json_file == json_file
+    g = unique_name()
+    register_grounding_dataset(g, json_file, image_root)
+    register_grounding_dataset(g, json_file, image_root)
+    with pytest.raises(ValueError, match="already registered"):
+        register_grounding_dataset(g, json_file, str(tmp_path))
 
 
 def test_coco_json_loads_with_contiguous_ids(tmp_path, unique_name):

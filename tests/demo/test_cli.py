@@ -3,6 +3,7 @@ detections are the predictor's; unreadable images skipped and reported; clear er
 
 import importlib.util
 import json
+import logging
 import os
 
 import pytest
@@ -122,3 +123,81 @@ def test_cli_reports_bad_arguments(model_files, image_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):  # --prompt and --categories together
         _tool("demo").parse_args([*common, "--input", "x", "--prompt", "a", "--categories", "b"])
     assert torch.is_grad_enabled()
+
+
+def test_output_names_are_distinct_whatever_the_inputs():
+    from fiber_det.demo import output_names
+
+    files = ["a/x.png", "b/x.png", "a/x_1.png", "c/X.PNG", "d/predictions.jpg", "e/y.jpg"]
+    assert output_names(files) == ["x", "x_1", "x_1_1", "X_2", "predictions_1", "y"]
+
+
+def test_cli_refuses_an_output_folder_that_is_or_holds_its_inputs(
+    model_files, image_dir, tmp_path, capsys
+):
+    config, weights = model_files
+    common = ["--config-file", config, "--weights", weights, "--prompt", "a red circle"]
+    before = sorted(p.name for p in image_dir.iterdir())
+    for inputs, output, message in [
+        ([str(image_dir)], image_dir, "output folder .* holds the input"),
+        ([str(image_dir / "*.png")], image_dir, "holds the input"),
+        ([str(image_dir.parent / "*" / "*.png")], image_dir.parent / "out", "matches files"),
+    ]:
+        code = _tool("demo").main([*common, "--input", *inputs, "--output", str(output)])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "refusing to write" in err and message.split(".*")[-1] in err
+    assert sorted(p.name for p in image_dir.iterdir()) == before  # nothing written
+    assert not (image_dir.parent / "out").exists()
+
+
+def test_outputs_never_overwrite_the_config_or_the_weights(image_dir, tmp_path):
+    from fiber_det.demo import check_demo_outputs
+    from fiber_det.utils.io import OutputCollisionError
+
+    files = sorted(str(p) for p in image_dir.iterdir())
+    clash = tmp_path / "out" / f"{os.path.splitext(os.path.basename(files[0]))[0]}.json"
+    with pytest.raises(OutputCollisionError, match=r"the output .*\.json is the input"):
+        check_demo_outputs(files, str(tmp_path / "out"), protected=[str(clash)])
+    check_demo_outputs(files, str(tmp_path / "out"), protected=[str(tmp_path / "config.yaml")])
+
+
+def test_cli_same_names_get_distinct_outputs(model_files, image_dir, tmp_path):
+    config, weights = model_files
+    src = sorted(image_dir.iterdir())[0]
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(src.read_bytes())
+    (tmp_path / "one" / "x_1.png").write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / "one"), str(tmp_path / "two")]
+    args = ["--config-file", config, "--weights", weights, "--prompt", "a red circle"]
+    assert _tool("demo").main([*args, "--input", *inputs, "--output", str(out)]) == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    written = {
+        json.loads((out / f"{n}.json").read_text())["file_name"] for n in ("x", "x_1", "x_2")
+    }
+    assert written == {r["file_name"] for r in summary["images"]} and len(written) == 3
+    assert all((out / f"{n}.jpg").is_file() for n in ("x", "x_1", "x_2"))
+
+
+def test_cli_skips_degenerate_and_oversized_images_and_says_so(
+    model_files, image_dir, tmp_path, caplog, monkeypatch
+):
+    config, weights = model_files
+    good = sorted(image_dir.iterdir())
+    width, height = Image.open(good[0]).size
+    Image.new("RGB", (1, 40)).save(tmp_path / "thin.png")
+    Image.new("RGB", (3 * width, 3 * height)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", width * height)  # huge: 9x, over 2x the limit
+    out = tmp_path / "out"
+    inputs = [*map(str, good), str(tmp_path / "thin.png"), str(tmp_path / "huge.png")]
+    args = ["--config-file", config, "--weights", weights, "--prompt", "a red circle"]
+    with caplog.at_level(logging.INFO, logger="fiber_det"):
+        code = _tool("demo").main([*args, "--input", *inputs, "--output", str(out)])
+    assert code == 1
+    summary = json.loads((out / "predictions.json").read_text())
+    assert len(summary["images"]) == len(good)
+    failures = {os.path.basename(f["file_name"]): f["error"] for f in summary["failures"]}
+    assert "degenerate" in failures["thin.png"] and "too large" in failures["huge.png"]
+    assert f"2 of {len(good) + 2} images skipped" in caplog.text and "thin.png" in caplog.text

@@ -48,6 +48,8 @@ def test_offline_equals_online(tmp_path, run_online, capsys, caplog, case):
     assert logged[0] in printed  # the same table, character for character
     online_json = json.loads((out / "results.json").read_text())
     assert json.loads(offline_json.read_text())[name] == online_json
+    checks = online_json.pop("prediction_checks")  # saved beside the metrics, not returned
+    assert checks["records_kept"] == checks["records"] > 0 and checks["non_finite_boxes"] == 0
     assert online_json == json.loads(json.dumps(online, allow_nan=True).replace("NaN", "null"))
 
 
@@ -115,3 +117,31 @@ def test_tool_config_overrides(tmp_path, run_online):
     assert _tool().main(argv) == 0
     res = json.loads(out.read_text())[name]["flickr30k"]
     assert (res["R@1"], res["R@5"]) == (0.0, 50.0)
+
+
+def test_tool_refuses_an_output_that_is_one_of_its_inputs(tmp_path, run_online):
+    name, inputs, outputs = cases.coco_case(tmp_path)
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    run_online(build_evaluator(cfg, name, output_folder=str(tmp_path / "o")), inputs, outputs)
+    pred = tmp_path / "o" / "instances_predictions.pth"
+    before = pred.read_bytes()
+    from detectron2.data import MetadataCatalog
+
+    gt = MetadataCatalog.get(name).json_file
+    gt_before = open(gt, "rb").read()
+    for output in (str(pred), gt):
+        argv = ["--dataset", name, "--predictions", str(pred), "--output", output]
+        with pytest.raises(SystemExit, match=r"refusing to write: the output .* is the input"):
+            _tool().main(argv)
+    assert pred.read_bytes() == before and open(gt, "rb").read() == gt_before
+
+
+def test_tool_names_the_dataset_and_file_of_foreign_predictions(tmp_path):
+    import torch
+
+    name, _, _ = cases.coco_case(tmp_path)
+    pred = tmp_path / "other.pth"
+    torch.save([{"image_id": 999, "instances": [], "num_prompts": 1}], pred)
+    with pytest.raises(SystemExit, match=rf"error: {name} with .*other.pth: none of the 1 pred"):
+        _tool().main(["--dataset", name, "--predictions", str(pred)])

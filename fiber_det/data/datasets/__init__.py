@@ -14,8 +14,10 @@ from .pairs import (
     register_pair_dataset,
     retrieval_texts,
 )
+from .validation import AnnotationError
 
 __all__ = [
+    "AnnotationError",
     "ArrowImageReader",
     "COCO_O_DOMAINS",
     "CUSTOM_TRAIN",

@@ -22,6 +22,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..utils import require_file
 from .detection import load_detection_json
+from .validation import AnnotationError, check_registration
 
 __all__ = ["load_d3_json", "register_d3_dataset", "d3_group_sent_ids"]
 
@@ -42,7 +43,13 @@ def d3_group_sent_ids(image_root: str, pkl_root: str, image_ids: List[int]) -> D
     d3 = D3(image_root, pkl_root)
     out = {}
     for img_id in image_ids:
-        group_ids = d3.get_group_ids(img_ids=[img_id])
+        try:
+            group_ids = d3.get_group_ids(img_ids=[img_id])
+        except KeyError as e:
+            raise AnnotationError(
+                f"D3 image {img_id!r} of the json is not in the toolkit's images.pkl ({pkl_root}): "
+                "the json and the d3_pkl folder are of different releases; use matching files"
+            ) from e
         out[img_id] = sorted(int(s) for s in d3.get_sent_ids(group_ids=group_ids))
     return out
 
@@ -84,16 +91,9 @@ def register_d3_dataset(
     *,
     intra_scenario: bool = True,
 ) -> None:
-    """Register a D3 split for evaluation (registration reads no file)."""
-    if name in DatasetCatalog:
-        return
-    DatasetCatalog.register(
-        name,
-        lambda: load_d3_json(
-            json_file, image_root, name, pkl_root=pkl_root, intra_scenario=intra_scenario
-        ),
-    )
-    MetadataCatalog.get(name).set(
+    """Register a D3 split for evaluation (registration reads no file; registering a name again
+    is a no-op with the same arguments and an error with others)."""
+    metadata = dict(
         json_file=json_file,
         image_root=image_root,
         d3_pkl_root=pkl_root,
@@ -103,3 +103,12 @@ def register_d3_dataset(
         eval_prompt_chunk_size=1,
         d3_intra_scenario=intra_scenario,
     )
+    if check_registration(name, metadata):
+        return
+    DatasetCatalog.register(
+        name,
+        lambda: load_d3_json(
+            json_file, image_root, name, pkl_root=pkl_root, intra_scenario=intra_scenario
+        ),
+    )
+    MetadataCatalog.get(name).set(**metadata)

@@ -8,17 +8,23 @@ and one config line (``DATASETS.TRAIN: ("my_data_train",)``). FIBER turns the ca
 text prompt (training: :mod:`fiber_det.text.od_to_grounding`; evaluation: one prompt or chunks).
 """
 
-import contextlib
-import io
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
-from pycocotools.coco import COCO
 
-from ..utils import require_file
+from ..utils import read_json
+from .validation import (
+    AnnotationError,
+    AnnotationIssues,
+    check_registration,
+    check_top_level,
+    group_annotations,
+    index_categories,
+    index_images,
+)
 
 __all__ = ["load_detection_json", "load_lvis_detection_json", "register_detection_dataset"]
 
@@ -58,7 +64,9 @@ def load_detection_json(
     """Load a COCO-format detection json (COCO, Objects365, ODinW, COCO-O, D3 GT, your own).
 
     Categories are sorted by id and numbered 0..C-1 (``category_id`` in the dicts is this
-    contiguous id). Segmentations are not loaded (FIBER detects boxes).
+    contiguous id). Segmentations are not loaded (FIBER detects boxes). The file is validated
+    (:mod:`.validation`): malformed or ambiguous records are refused, unusable boxes dropped and
+    counted.
 
     Args:
         json_file: COCO-format json (``images``, ``annotations``, ``categories``).
@@ -71,97 +79,106 @@ def load_detection_json(
     Returns:
         list[dict] in detectron2's format (see ``fiber_det/data/CONTRACT.md``).
     """
-    require_file(json_file)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco = COCO(json_file)
-    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    data = read_json(json_file)
+    check_top_level(data, json_file, ("images", "categories"), optional=("annotations",))
+    images = index_images(data["images"], json_file)
+    categories = index_categories(data["categories"], json_file)
     ids = [c["id"] for c in categories]
     names = _category_names(categories, category_names)
     id_map = {c: i for i, c in enumerate(ids)}
+    issues = AnnotationIssues(json_file)
+    anns = group_annotations(
+        data.get("annotations", []), images, json_file, issues, category_ids=set(ids)
+    )
+    issues.log_summary(f"of {len(data.get('annotations', []))} annotations")
     _set_category_metadata(dataset_name, names, ids)
 
-    dicts, unknown = [], 0
-    for img_id in sorted(coco.imgs):
-        img = coco.imgs[img_id]
+    dicts = []
+    for img_id in sorted(images):
+        img = images[img_id]
         record = {
             "file_name": os.path.join(image_root, img["file_name"]),
             "height": img["height"],
             "width": img["width"],
             "image_id": img_id,
-            "annotations": [],
+            "annotations": [_box_record(ann, id_map) for ann in anns.get(img_id, [])],
         }
-        for ann in coco.imgToAnns.get(img_id, []):
-            if ann.get("category_id") not in id_map:
-                unknown += 1
-                continue
-            record["annotations"].append(
-                {
-                    "bbox": [float(v) for v in ann["bbox"]],
-                    "bbox_mode": BoxMode.XYWH_ABS,
-                    "category_id": id_map[ann["category_id"]],
-                    "iscrowd": int(ann.get("iscrowd", 0)),
-                }
-            )
         dicts.append(record)
-    if unknown:
-        logger.warning("%s: dropped %d annotations with an unknown category_id", json_file, unknown)
     logger.info("Loaded %d images, %d categories from %s", len(dicts), len(ids), json_file)
     return dicts
 
 
-def _lvis_file_name(img: Dict) -> str:
+def _box_record(ann: Dict, id_map: Dict[int, int]) -> Dict:
+    return {
+        "bbox": [float(v) for v in ann["bbox"]],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": id_map[ann["category_id"]],
+        "iscrowd": int(ann.get("iscrowd", 0)),
+    }
+
+
+def _lvis_file_name(img: Dict, json_file: str) -> str:
     # LVIS v1 images come from COCO train2017 and val2017: the folder is in coco_url.
-    if "coco_url" in img:
+    if isinstance(img.get("coco_url"), str):
         return "/".join(img["coco_url"].split("/")[-2:])
-    if "file_name" in img:
+    if isinstance(img.get("file_name"), str):
         return img["file_name"]
-    raise ValueError(f"LVIS image {img.get('id')} has neither 'coco_url' nor 'file_name'")
+    raise AnnotationError(
+        f"{json_file}: LVIS image {img.get('id')!r} has neither 'coco_url' nor 'file_name': "
+        "the image cannot be found; fix the file"
+    )
+
+
+def _lvis_id_list(img: Dict, key: str, json_file: str) -> List:
+    value = img.get(key, [])
+    if not isinstance(value, list):
+        raise AnnotationError(
+            f"{json_file}: LVIS image {img['id']!r} has {key} {value!r}: it must be a list of "
+            "category ids; fix the file"
+        )
+    return value
 
 
 def load_lvis_detection_json(
     json_file: str, image_root: str, dataset_name: Optional[str] = None
 ) -> List[Dict]:
-    """Load an LVIS-format json (LVIS v1 train/val, MDETR's 5k minival) with the ``lvis`` API.
+    """Load an LVIS-format json (LVIS v1 train/val, MDETR's 5k minival).
 
     Image paths are ``image_root/<split folder>/<file>`` from ``coco_url`` (as the official
     ``LvisDetection``), or ``file_name`` when there is no ``coco_url``. Records keep
     ``neg_category_ids`` and ``not_exhaustive_category_ids`` (dataset ids). Metadata gets
     ``thing_classes``, ``thing_dataset_id_to_contiguous_id`` and ``lvis_frequency`` (per
-    contiguous id: "r", "c" or "f"; "" if unknown).
+    contiguous id: "r", "c" or "f"; "" if unknown). The file is validated as COCO-format ones
+    (:mod:`.validation`).
     """
-    try:
-        from lvis import LVIS
-    except ImportError as e:
-        raise ImportError("LVIS datasets need the `lvis` package: pip install lvis") from e
-
-    require_file(json_file)
-    lvis = LVIS(json_file)
-    categories = sorted(lvis.dataset["categories"], key=lambda c: c["id"])
+    data = read_json(json_file)
+    check_top_level(data, json_file, ("images", "annotations", "categories"))
+    images = index_images(data["images"], json_file, required=("id", "height", "width"))
+    categories = index_categories(data["categories"], json_file)
     ids = [c["id"] for c in categories]
     id_map = {c: i for i, c in enumerate(ids)}
+    issues = AnnotationIssues(json_file)
+    anns = group_annotations(data["annotations"], images, json_file, issues, category_ids=set(ids))
+    issues.log_summary(f"of {len(data['annotations'])} annotations")
     _set_category_metadata(dataset_name, [c["name"] for c in categories], ids)
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).set(
             lvis_frequency=[c.get("frequency", "") for c in categories]
         )
     dicts = []
-    for img_id in sorted(lvis.imgs):
-        img = lvis.imgs[img_id]
+    for img_id in sorted(images):
+        img = images[img_id]
         record = {
-            "file_name": os.path.join(image_root, _lvis_file_name(img)),
+            "file_name": os.path.join(image_root, _lvis_file_name(img, json_file)),
             "height": img["height"],
             "width": img["width"],
             "image_id": img_id,
-            "neg_category_ids": img.get("neg_category_ids", []),
-            "not_exhaustive_category_ids": img.get("not_exhaustive_category_ids", []),
+            "neg_category_ids": _lvis_id_list(img, "neg_category_ids", json_file),
+            "not_exhaustive_category_ids": _lvis_id_list(
+                img, "not_exhaustive_category_ids", json_file
+            ),
             "annotations": [
-                {
-                    "bbox": [float(v) for v in ann["bbox"]],
-                    "bbox_mode": BoxMode.XYWH_ABS,
-                    "category_id": id_map[ann["category_id"]],
-                    "iscrowd": 0,
-                }
-                for ann in lvis.img_ann_map.get(img_id, [])
+                dict(_box_record(ann, id_map), iscrowd=0) for ann in anns.get(img_id, [])
             ],
         }
         dicts.append(record)
@@ -182,6 +199,8 @@ def register_detection_dataset(
     """Register a COCO-format (or, with ``evaluator_type="lvis"``, LVIS-format) detection dataset.
 
     Registration reads no file; a missing file is reported when the dataset is loaded.
+    Registering a name again with the same arguments does nothing; with other files or settings
+    it is an error (:func:`.validation.check_registration`).
 
     Args:
         name: dataset name for ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
@@ -195,7 +214,16 @@ def register_detection_dataset(
     """
     if train_prompt not in TRAIN_PROMPTS:
         raise ValueError(f"train_prompt must be one of {TRAIN_PROMPTS}, got {train_prompt!r}")
-    if name in DatasetCatalog:
+    metadata = dict(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type=evaluator_type,
+        data_format="detection",
+        train_prompt=train_prompt,
+        **extra_metadata,
+    )
+    metadata["category_names"] = list(category_names) if category_names is not None else None
+    if check_registration(name, metadata):
         return
     if evaluator_type == "lvis":
         DatasetCatalog.register(name, lambda: load_lvis_detection_json(json_file, image_root, name))
@@ -204,11 +232,4 @@ def register_detection_dataset(
             name,
             lambda: load_detection_json(json_file, image_root, name, category_names=category_names),
         )
-    MetadataCatalog.get(name).set(
-        json_file=json_file,
-        image_root=image_root,
-        evaluator_type=evaluator_type,
-        data_format="detection",
-        train_prompt=train_prompt,
-        **extra_metadata,
-    )
+    MetadataCatalog.get(name).set(**metadata)
