@@ -5,6 +5,7 @@ from typing import Any, Dict
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .coarse_model import convert_checkpoint_for_model
 from .official import convert_official_state_dict, is_official_state_dict
 
 __all__ = ["FIBERCheckpointer"]
@@ -18,12 +19,18 @@ class FIBERCheckpointer(DetectionCheckpointer):
     When ``MODEL.WEIGHTS`` points at an official fine-grained file (maskrcnn_benchmark keys
     ``fusion_backbone.*``, ``rpn.head.*``), it is converted exactly as
     ``tools/convert_fiber_checkpoint.py`` does, checked against the model (fusion variant, key
-    names, shapes) and the conversion report is logged. Other files load as in detectron2.
+    names, shapes) and the conversion report is logged. Coarse-grained files (official Lightning
+    files, FIBERCoarse checkpoints) are converted for the model they load into
+    (:mod:`.coarse_model`). Other files load as in detectron2.
     """
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         loaded = super()._load_file(filename)
         self.last_conversion_report = None
+        coarse = convert_checkpoint_for_model(loaded, self.model, filename)
+        if coarse is not None:  # coarse-grained files, the coarse model, refusals
+            loaded, self.last_conversion_report = coarse
+            return loaded
         state = loaded.get("model", {})
         if isinstance(state, dict) and is_official_state_dict(state):
             model = self.model

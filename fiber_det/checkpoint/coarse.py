@@ -22,13 +22,13 @@ this module does the same mapping explicitly:
   ``rank_output``, ITC temperature and queues, task classifiers).
 * From scratch: the FPN, the head, and the Swin output norms ``norm1..3`` that feed the FPN.
 
-The coarse model skips the output LayerNorm of its last text layer (``last_norm=(blk_cnt == 0)``
-in ``fiber_module.py``, i.e. only for layer 10 of 12); the fine-grained model applies it. The
-module still exists in the coarse model, so its tensors are in the checkpoint and are loaded: they
-hold the values that layer had when the coarse training started (roberta-base's, since the coarse
-objective never produced a gradient for them), not values trained for the coarse model. This is
-what the official fine-grained pre-training started from too. (Inferred from the code; the
-released files could not be inspected here.)
+The coarse model skips the output LayerNorm of its last text layer in its fused path
+(``last_norm=(blk_cnt == 0)`` in ``fiber_module.py``, i.e. only for layer 10 of 12); the
+fine-grained model applies it. The coarse model does apply it in its uni-modal ITC path (all 12
+layers without cross-attention), so its tensors are trained by ITC alone and are loaded; the
+fine-grained model uses them after the fused layer, where the coarse model never did. This is what
+the official fine-grained pre-training started from too. (Inferred from the code; the released
+files could not be inspected here.)
 """
 
 import logging
@@ -213,8 +213,8 @@ def _add_notes(report: LoadReport, state, mapped, model) -> None:
     key = f"backbone.language.encoder.layer.{last}.output.LayerNorm.weight"
     if key in mapped:
         report.notes.append(
-            f"text layer {last} output LayerNorm: loaded, but the coarse model never applied it "
-            "(it holds its pre-coarse-training values); the fine-grained model applies it"
+            f"text layer {last} output LayerNorm: loaded; the coarse model applied it only in "
+            "its uni-modal ITC path (its fused path skips it), the fine-grained model applies it"
         )
     report.notes.append(
         "Swin output norms norm1..3 (FPN inputs), the FPN and the head start from scratch"
