@@ -6,6 +6,8 @@ import torch
 from fiber_det.checkpoint.pretrained import load_swin_pretrained
 from fiber_det.modeling import FIBERCoarse
 from fiber_det.modeling.backbone import FusionSwinTransformer
+from fiber_det.modeling.coarse import ITCQueue
+from fiber_det.modeling.coarse import losses as L
 from fiber_det.modeling.coarse.retrieval import index_states
 
 from .coarse_inputs import VOCAB, pairs, stacked, tiny_coarse_model
@@ -164,7 +166,8 @@ def test_loss_weights_scale_the_losses():
     base = tiny_coarse_model(seed=2).train()(batch)
     torch.manual_seed(9)
     weighted = tiny_coarse_model(["MODEL.COARSE.MLM_LOSS_WEIGHT", 2.5], seed=2).train()(batch)
-    assert float(weighted["loss_mlm"]) == pytest.approx(2.5 * float(base["loss_mlm"]), rel=1e-5)
+    want = 2.5 * float(base["loss_mlm"].detach())
+    assert float(weighted["loss_mlm"].detach()) == pytest.approx(want, rel=1e-5)
 
 
 def test_inference_forward_gives_itc_embeddings(model):
@@ -194,3 +197,43 @@ def test_bad_inputs_get_clear_errors(model):
         model(bad)
     with pytest.raises(ValueError, match="WINDOW_SIZE 2 does not fit INPUT.COARSE.IMAGE_SIZE 96"):
         tiny_coarse_model(["INPUT.COARSE.IMAGE_SIZE", 96])
+
+
+def test_queue_ring_buffer_grows_wraps_and_counts():
+    q = ITCQueue(dim=4, size=5, image_size=8, text_len=6, pad_token_id=1)
+    for step in range(3):
+        feats = torch.full((2, 4), float(step))
+        images = torch.full((2, 3, 8, 8), float(step))
+        ids = torch.full((2, 3), 10 + step)
+        q.enqueue(feats, -feats, images, ids, torch.ones(2, 3, dtype=torch.long))
+        assert q.image_input_queue.shape[0] == (2, 4, 5)[step]  # grows with what is written
+    assert int(q.queue_ptr) == 1 and int(q.queue_total) == 6 and q.num_filled == 5
+    # slots: step 0 -> 0, 1; step 1 -> 2, 3; step 2 -> 4, 0 (wrapped)
+    assert q.image_queue[0].tolist() == [2.0, 0.0, 1.0, 1.0, 2.0]
+    assert q.text_queue[0].tolist() == [-2.0, -0.0, -1.0, -1.0, -2.0]
+    images, ids, mask = q.filled_inputs()
+    assert images[:, 0, 0, 0].tolist() == [2.0, 0.0, 1.0, 1.0, 2.0]
+    assert ids[1].tolist() == [10, 10, 10, 1, 1, 1] and mask[1].tolist() == [1, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="does not fit an ITC queue of 5"):
+        q.enqueue(torch.zeros(6, 4), torch.zeros(6, 4), torch.zeros(6, 3, 8, 8), ids, ids)
+    with pytest.raises(ValueError, match="MAX_TEXT_LEN 6"):
+        q.pad_text(torch.zeros(2, 7, dtype=torch.long), 1)
+    q.reset()
+    assert q.num_filled == 0 and int(q.queue_ptr) == 0
+
+
+def test_hard_negative_weights_and_sampling():
+    sim = torch.tensor([[5.0, 1.0, 0.0, 9.0], [1.0, 5.0, 2.0, 9.0]])
+    w_i2t, w_t2i = L.hard_negative_weights(sim, sim.flip(0), 3, torch.arange(2))
+    assert w_i2t.shape == (2, 3)  # the unfilled column 3 is no candidate
+    assert w_i2t[0, 0] == 0 and w_i2t[1, 1] == 0  # never the pair itself
+    full = torch.softmax(sim[:, :3], dim=1)
+    assert torch.allclose(w_i2t[0, 1:], full[0, 1:]) and torch.allclose(
+        w_i2t[1, [0, 2]], full[1, [0, 2]]
+    )
+    g = torch.Generator().manual_seed(0)
+    picks = torch.stack([torch.stack(L.sample_hard_negatives(w_i2t, w_t2i, g)) for _ in range(200)])
+    neg_text = picks[:, 1]
+    assert (neg_text[:, 0] != 0).all() and (neg_text[:, 1] != 1).all()
+    share = (neg_text[:, 1] == 2).float().mean()  # text 2 is the likelier negative of image 1
+    assert abs(share - full[1, 2] / (full[1, 0] + full[1, 2])) < 0.1

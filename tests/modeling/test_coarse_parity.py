@@ -138,6 +138,28 @@ def test_itc_features_similarities_loss_and_negative_weights(case):
     assert _max_diff(weights[1], ref["neg_weights_t2i"]) < FEATURE_TOL
 
 
+@torch.no_grad()
+def test_training_step_itc_loss_and_negatives(case):
+    """The ITC part of the training step (its own encoder pass, the queue in the softmax, the
+    negatives it draws, the queue update) on the fixture's batch."""
+    fx, model, images, _, _ = case
+    q = model.queue
+    saved = {k: v.clone() for k, v in q.state_dict().items()}
+    batch = {"images": images, "input_ids": fx["text_ids"], "attention_mask": fx["text_masks"]}
+    try:
+        loss, neg = model.losses.itc(model, batch, with_negatives=True)
+        _assert_loss(loss, fx["itc"]["loss"], "itc (training step)")
+        assert fx["meta"]["queue_total"] == 0  # negatives from the batch only, never the pair
+        for b in range(3):
+            image_match = [torch.equal(neg.images[b], images[j]) for j in range(3)]
+            text_match = [torch.equal(neg.input_ids[b], fx["text_ids"][j]) for j in range(3)]
+            assert sum(image_match) == 1 and not image_match[b]
+            assert sum(text_match) == 1 and not text_match[b]
+        assert int(q.queue_total) == 3 and torch.equal(q.image_input_queue[:3], images)
+    finally:
+        q.load_state_dict(saved)
+
+
 def _fused(case):
     """Fused outputs of the fixture's 9 ITM pairs and 3 MLM pairs (states computed once)."""
     fx, model, images, _, cache = case

@@ -7,10 +7,11 @@ inputs of those entries (images, token ids, masks), so that the hard negatives o
 matching can be drawn from the queue as well as from the batch. Entries of every process are
 all-gathered before they are enqueued, so all processes hold the same queue.
 
-Memory: the raw-image queue holds ``size x 3 x S x S`` floats, 7.25 GB for FIBER-B (4096 entries
-of 384 x 384) in every process, and is part of the model's state_dict (a resumed run continues
-with the same queue). It is allocated on the first enqueue, so that building a model for
-inference or evaluation does not pay for it.
+Memory: the raw-image queue holds up to ``size x 3 x S x S`` floats, 7.25 GB for FIBER-B (4096
+entries of 384 x 384) in every process, and is part of the model's state_dict (a resumed run
+continues with the same queue). It grows with the entries written (doubling, up to ``size``), so
+that a model built for inference or evaluation does not pay for it, and one that enqueued a few
+batches pays for those only.
 """
 
 from typing import Tuple
@@ -90,7 +91,7 @@ class ITCQueue(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("queue_total", torch.zeros(1, dtype=torch.long))
         if keep_inputs:
-            # Allocated by the first enqueue (or a checkpoint that holds it): see the module doc.
+            # Grows with the entries written (or to a checkpoint's): see the module docstring.
             self.register_buffer("image_input_queue", torch.empty(0, 3, image_size, image_size))
             self.register_buffer("text_input_queue", torch.empty(size, text_len, dtype=torch.long))
             self.register_buffer("text_input_mask_queue", torch.empty_like(self.text_input_queue))
@@ -123,7 +124,7 @@ class ITCQueue(nn.Module):
             raise RuntimeError(
                 "this queue keeps no inputs (MODEL.COARSE.HARD_NEGATIVES_FROM_QUEUE)"
             )
-        n = self.num_filled if self.image_input_queue.shape[0] else 0
+        n = min(self.num_filled, self.image_input_queue.shape[0])
         return (
             self.image_input_queue[:n],
             self.text_input_queue[:n],
@@ -169,31 +170,31 @@ class ITCQueue(nn.Module):
         if self.keep_inputs:
             if images is None or input_ids is None or attention_mask is None:
                 raise ValueError("this ITC queue keeps the inputs: pass images, ids and masks")
-            self._allocate_images(images.dtype)
+            self._grow_images(int(slots.max()) + 1, images.dtype)
             self.image_input_queue[slots] = images.detach().to(self.image_input_queue.dtype)
             self.text_input_queue[slots] = self.pad_text(input_ids, self.pad_token_id)
             self.text_input_mask_queue[slots] = self.pad_text(attention_mask, 0)
         self.queue_ptr[0] = (ptr + n) % self.size
         self.queue_total[0] += n
 
-    def _allocate_images(self, dtype: torch.dtype) -> None:
-        if self.image_input_queue.shape[0] == 0:
-            s = self.image_size
-            self.image_input_queue = self.image_input_queue.new_zeros(
-                (self.size, 3, s, s), dtype=dtype
-            )
+    def _grow_images(self, rows: int, dtype: torch.dtype) -> None:
+        """Make the raw-image queue hold at least ``rows`` entries (doubling, at most ``size``)."""
+        have = self.image_input_queue.shape[0]
+        if rows <= have:
+            return
+        rows = min(self.size, max(rows, 2 * have))
+        s = self.image_size
+        grown = self.image_input_queue.new_zeros((rows, 3, s, s), dtype=dtype)
+        grown[:have] = self.image_input_queue
+        self.image_input_queue = grown
 
     def adopt_image_queue_shape(self, incoming: Tensor) -> None:
-        """Allocate (or release) the raw-image queue to receive ``incoming`` from a checkpoint:
-        one written after the first enqueue holds the allocated queue, one written before holds
-        the empty one. Other shapes are left for the load to refuse."""
-        if not self.keep_inputs:
-            return
-        s = self.image_size
-        if tuple(incoming.shape) == (0, 3, s, s):
-            self.image_input_queue = self.image_input_queue.new_empty(incoming.shape)
-        elif tuple(incoming.shape) == (self.size, 3, s, s):
-            self._allocate_images(incoming.dtype)
+        """Size the raw-image queue like ``incoming`` from a checkpoint (which holds as many
+        entries as had been written when it was saved); other shapes are left to the load to
+        refuse."""
+        s, n = self.image_size, incoming.shape[0]
+        if self.keep_inputs and tuple(incoming.shape[1:]) == (3, s, s) and n <= self.size:
+            self.image_input_queue = self.image_input_queue.new_empty((n, 3, s, s))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "image_input_queue" in state_dict:
