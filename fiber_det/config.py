@@ -340,8 +340,8 @@ def _add_coarse_keys(cfg: CN) -> None:
     # ITC queue entries (ALBEF memory queue; official 4096). Must hold the batch of all processes.
     cfg.MODEL.COARSE.QUEUE_SIZE = 4096
     # Keep the raw inputs (image, ids, mask) of every queue entry, so that ITM hard negatives are
-    # drawn from the batch and the queue (official). Memory per process, allocated at the first
-    # training step and saved in checkpoints: QUEUE_SIZE x 3 x IMAGE_SIZE^2 x 4 bytes, 7.25 GB for
+    # drawn from the batch and the queue (official). Memory per process, growing with the entries
+    # written and saved in checkpoints: up to QUEUE_SIZE x 3 x IMAGE_SIZE^2 x 4 bytes, 7.25 GB for
     # FIBER-B (4096 x 3 x 384 x 384). False: negatives from the batch only, no raw-input queue.
     cfg.MODEL.COARSE.HARD_NEGATIVES_FROM_QUEUE = True
     # The queue starts as torch.randn embeddings, not normalised (official, "faithful"); True
