@@ -70,6 +70,12 @@ def test_itc_topk_reranking(setup):
         assert torch.allclose(scores.t2i[scored, j], per_pair[scored, j], atol=1e-5)
     everything = itm_scores(model, images, ids, mask, itc=itc, topk=NUM_TEXTS)
     assert torch.allclose(everything.i2t, per_pair, atol=1e-5)
+    model.rerank_topk = 2  # MODEL.COARSE.RERANK_TOPK is the default
+    try:
+        by_default = itm_scores(model, images, ids, mask, itc=itc)
+    finally:
+        model.rerank_topk = 0
+    assert torch.equal(torch.isfinite(by_default.t2i), torch.isfinite(scores.t2i))
     with pytest.raises(ValueError, match="needs the ITC scores"):
         itm_scores(model, images, ids, mask, topk=2)
 

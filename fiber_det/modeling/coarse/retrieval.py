@@ -130,8 +130,8 @@ def itm_scores(
     attention_mask: Tensor,
     *,
     itc: Tensor | None = None,
-    topk: int = 0,
-    batch_size: int = 64,
+    topk: int | None = None,
+    batch_size: int | None = None,
 ) -> RetrievalScores:
     """ITM match logits of image-text pairs, from cached pre-fusion states.
 
@@ -139,12 +139,15 @@ def itm_scores(
         images: (I, 3, S, S) normalised images, or an iterable of such batches.
         input_ids, attention_mask (Tensor): (T, L) tokenized captions.
         itc (Tensor, optional): (I, T) ITC scores (:func:`itc_scores`), needed for ``topk``.
-        topk (int): 0 scores every pair (official); k > 0 re-ranks the ITC top-k (ALBEF).
+        topk (int): 0 scores every pair (official); k > 0 re-ranks the ITC top-k (ALBEF);
+            default ``model.rerank_topk`` (``MODEL.COARSE.RERANK_TOPK``).
         batch_size (int): pairs run together through the fused tail (and captions encoded
-            together).
+            together); default ``model.itm_batch_size`` (``MODEL.COARSE.ITM_BATCH_SIZE``).
     Returns:
         RetrievalScores (see there; ``i2t is t2i`` without re-ranking).
     """
+    topk = model.rerank_topk if topk is None else topk
+    batch_size = model.itm_batch_size if batch_size is None else batch_size
     if topk < 0:
         raise ValueError(f"topk must be >= 0, got {topk}")
     if topk and itc is None:

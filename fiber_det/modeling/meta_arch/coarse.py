@@ -126,6 +126,9 @@ class FIBERCoarse(nn.Module):
             official; the official model uses its own batch plus the shared queue).
         pad_token_id (int): RoBERTa's padding id.
         mlm_norm_eps (float): LayerNorm epsilon of the MLM head (official 1e-12).
+        rerank_topk (int): default of :func:`~fiber_det.modeling.coarse.retrieval.itm_scores`:
+            ITM re-ranks the ITC top-k (0: every pair, official).
+        itm_batch_size (int): pairs per fused-tail batch in retrieval scoring.
     """
 
     @configurable
@@ -147,6 +150,8 @@ class FIBERCoarse(nn.Module):
         gather_batch: bool = False,
         pad_token_id: int = 1,
         mlm_norm_eps: float = 1e-12,
+        rerank_topk: int = 0,
+        itm_batch_size: int = 64,
     ):
         super().__init__()
         if backbone.fpn is not None or backbone.body.norm is None:
@@ -156,6 +161,8 @@ class FIBERCoarse(nn.Module):
         self.max_text_len = max_text_len
         self.pad_token_id = pad_token_id
         self.hidden_size = hidden_size
+        self.rerank_topk = rerank_topk
+        self.itm_batch_size = itm_batch_size
         image_dim = backbone.body.num_features[-1]
         text_dim = backbone.language.hidden_size
         d = hidden_size
@@ -210,6 +217,8 @@ class FIBERCoarse(nn.Module):
             "temperature": co.TEMPERATURE,
             "gather_batch": co.GATHER_BATCH,
             "pad_token_id": cfg.MODEL.LANGUAGE.PAD_TOKEN_ID,
+            "rerank_topk": co.RERANK_TOPK,
+            "itm_batch_size": co.ITM_BATCH_SIZE,
         }
 
     @property
