@@ -29,7 +29,13 @@ from typing import Dict, Mapping, Tuple
 
 from torch import Tensor, nn
 
-from .coarse import convert_coarse_state_dict, is_coarse_state_dict
+from .coarse import (
+    PREFIXES,
+    convert_coarse_state_dict,
+    is_coarse_state_dict,
+    is_fiber_det_coarse_state_dict,
+    to_official_coarse_state_dict,
+)
 from .official import CheckpointError, ConversionReport, is_official_state_dict, unwrap_state_dict
 from .pretrained import _resize_bias_table
 
@@ -37,7 +43,6 @@ __all__ = [
     "CoarseConversionReport",
     "convert_checkpoint_for_model",
     "convert_official_coarse_state_dict",
-    "to_official_coarse_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,7 +74,6 @@ _DROPS = [
     ),
 ]
 _RANK_OUTPUT = ("rank_output.weight", "rank_output.bias")
-_PREFIXES = (("vit_model.", "backbone.body."), ("text_transformer.", "backbone.language."))
 
 
 class CoarseConversionReport(ConversionReport):
@@ -120,7 +124,7 @@ def _drop_reason(key: str, own: Mapping[str, Tensor]) -> str | None:
 
 
 def _rename(key: str) -> str:
-    for old, new in _PREFIXES:
+    for old, new in PREFIXES:
         if key.startswith(old):
             return new + key[len(old) :]
     return key
@@ -215,29 +219,6 @@ def _apply_rank_output(sd, out, own, report: CoarseConversionReport) -> None:
             )
 
 
-def to_official_coarse_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """A FIBERCoarse state_dict in the official coarse layout (``vit_model.*``,
-    ``text_transformer.*``, ``rank_output`` = row 1 of the ITM classifier, top-level queues), as
-    read by the official code and by :mod:`.coarse` (stage 1 -> 2)."""
-    out: Dict[str, Tensor] = {}
-    for key, value in state.items():
-        for old, new in _PREFIXES:
-            if key.startswith(new):
-                key = old + key[len(new) :]
-                break
-        out[key[len("queue.") :] if key.startswith("queue.") else key] = value
-    if "itm_score.fc.weight" in out:
-        out["rank_output.weight"] = out["itm_score.fc.weight"][1:].clone()
-        out["rank_output.bias"] = out["itm_score.fc.bias"][1:].clone()
-    return out
-
-
-def _is_own_coarse_layout(state: Mapping[str, Tensor]) -> bool:
-    return any(k.startswith("backbone.body.") for k in state) and any(
-        k.startswith(("cross_modal_", "itm_score.", "mlm_score.")) for k in state
-    )
-
-
 def _is_coarse_model(model: nn.Module) -> bool:
     from ..modeling.meta_arch.coarse import FIBERCoarse  # noqa: PLC0415  modeling imports us
 
@@ -271,7 +252,7 @@ def convert_checkpoint_for_model(loaded: Dict, model: nn.Module, filename: str):
             converted, report = convert_coarse_state_dict(state, model, source=filename)
         logger.info("Loading a coarse-grained FIBER checkpoint\n%s", report.format())
         return _converted(converted, "FIBER coarse-grained (official)"), report
-    if not coarse_model and _is_own_coarse_layout(state):
+    if not coarse_model and is_fiber_det_coarse_state_dict(state):
         official = to_official_coarse_state_dict(state)
         converted, report = convert_coarse_state_dict(official, model, source=filename)
         logger.info("Initialising from a FIBERCoarse checkpoint\n%s", report.format())

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from transformers import RobertaConfig, RobertaModel
 
 from fiber_det.checkpoint import CheckpointError, FIBERCheckpointer
-from fiber_det.checkpoint.coarse_model import to_official_coarse_state_dict
+from fiber_det.checkpoint.coarse import to_official_coarse_state_dict
 from fiber_det.checkpoint.pretrained import load_pretrained_encoders
 
 from ..modeling.coarse_inputs import pairs, tiny_coarse_config, tiny_coarse_model
@@ -245,3 +245,25 @@ def test_official_files_that_do_not_fit_are_refused(source, tmp_path):
     torch.save({"state_dict": sd}, deeper)
     with pytest.raises(CheckpointError, match="no place in this model"):
         FIBERCheckpointer(tiny_coarse_model()).load(str(deeper))
+
+
+def test_convert_tool_reads_a_fibercoarse_checkpoint(source, tmp_path):
+    """tools/convert_coarse_checkpoint.py on fiber_det's own stage-1 output (stage 1 -> 2)."""
+    import importlib.util
+
+    from fiber_det.utils.testing import REPO_ROOT
+
+    DetectionCheckpointer(source, str(tmp_path)).save("model_final")
+    spec = importlib.util.spec_from_file_location(
+        "convert_coarse", REPO_ROOT / "tools" / "convert_coarse_checkpoint.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "stage2_init.pth"
+    config = str(REPO_ROOT / "configs" / "tiny" / "fiber_tiny.yaml")
+    args = [str(tmp_path / "model_final.pth"), str(out), "--config-file", config]
+    assert cli.main(args + ["--fusion-version", "v3"]) == 0
+    converted = torch.load(out, weights_only=True)["model"]
+    key = "backbone.language.encoder.layer.2.crossattention_t2i.self.value.weight"
+    assert torch.equal(converted[key], source.state_dict()[key])
+    assert "backbone.body.layers.3.blocks.0.attn.norm_i2t_i.weight" in converted

@@ -25,7 +25,7 @@ import torch
 from detectron2.modeling import build_model
 
 from fiber_det.checkpoint import FIBERCheckpointer
-from fiber_det.checkpoint.coarse_model import to_official_coarse_state_dict
+from fiber_det.checkpoint.coarse import to_official_coarse_state_dict
 from fiber_det.modeling.coarse import losses as L
 from fiber_det.modeling.coarse.retrieval import index_states
 from fiber_det.utils.testing import get_config, parity_dir
