@@ -326,13 +326,14 @@ class FIBERCoarse(nn.Module):
     # -- detectron2 interface ------------------------------------------------------------------
     def batch_inputs(self, batched_inputs: Sequence[Dict]) -> Dict[str, Tensor]:
         """Stack the per-pair dicts: ``images`` (N, 3, S, S), ``input_ids`` / ``attention_mask``
-        (N, T) padded to the longest, and in training ``mlm_input_ids`` / ``mlm_labels``."""
+        (N, T) padded to the longest, and in training with MLM ``mlm_input_ids`` /
+        ``mlm_labels``."""
         if not batched_inputs:
             raise ValueError("empty batch")
         dev = self.device
         out = {"images": torch.stack([x["image"] for x in batched_inputs]).to(dev)}
         pads = {"input_ids": self.pad_token_id, "attention_mask": 0}
-        if self.training:
+        if self.training and self.losses.mlm_weight > 0:
             pads.update(mlm_input_ids=self.pad_token_id, mlm_labels=-100)
         for key, value in pads.items():
             missing = [i for i, x in enumerate(batched_inputs) if key not in x]
