@@ -77,6 +77,7 @@ def add_fiber_config(cfg: CN) -> CN:
     _add_solver_keys(cfg)
     _add_train_keys(cfg)
     _add_test_keys(cfg)
+    _add_coarse_keys(cfg)
     return cfg
 
 
@@ -405,3 +406,42 @@ def _add_test_keys(cfg: CN) -> None:
     # COCO-O effective robustness needs the clean COCO val AP (points) of the same model and
     # prompt; < 0 takes it from a "coco" dataset evaluated in the same run (DATASETS.TEST).
     cfg.TEST.FIBER.COCO_O_CLEAN_AP = -1.0
+
+
+def _add_coarse_keys(cfg: CN) -> None:
+    # The coarse-grained model (stage 1, MODEL.META_ARCHITECTURE "FIBERCoarse"; official
+    # microsoft/FIBER coarse_grained, configs/fiber_b/coarse/). Its backbone is the one above:
+    # MODEL.SWIN, MODEL.LANGUAGE and MODEL.FIBER.NUM_FUSION_LAYERS / FUSION_VERSION ("v3": the
+    # coarse Swin has the i2t query LayerNorm); MODEL.SWIN.WINDOW_SIZE must be
+    # INPUT.COARSE.IMAGE_SIZE / 32 (the window covers the last stage, official).
+    cfg.MODEL.COARSE = CN()
+    # Width of the cross-modal transforms, poolers, ITC embeddings and MLM head (official
+    # hidden_size 768); ITM classifies [text, image] pooled features of twice this width.
+    cfg.MODEL.COARSE.HIDDEN_SIZE = 768
+    # Loss weights (official: 1 each, summed). 0 turns a loss off and does not build its head
+    # (ITC off also drops the temperature and the queue), as the official loss_names switches.
+    cfg.MODEL.COARSE.ITC_LOSS_WEIGHT = 1.0
+    cfg.MODEL.COARSE.ITM_LOSS_WEIGHT = 1.0
+    cfg.MODEL.COARSE.MLM_LOSS_WEIGHT = 1.0
+    # Initial ITC temperature tau (similarities / tau); clamped to [0.001, 1] at every step.
+    cfg.MODEL.COARSE.TEMPERATURE = 0.07
+    # ITC queue entries (ALBEF memory queue; official 4096). Must hold the batch of all processes.
+    cfg.MODEL.COARSE.QUEUE_SIZE = 4096
+    # Keep the raw inputs (image, ids, mask) of every queue entry, so that ITM hard negatives are
+    # drawn from the batch and the queue (official). Memory per process, growing with the entries
+    # written and saved in checkpoints: up to QUEUE_SIZE x 3 x IMAGE_SIZE^2 x 4 bytes, 7.25 GB for
+    # FIBER-B (4096 x 3 x 384 x 384). False: negatives from the batch only, no raw-input queue.
+    cfg.MODEL.COARSE.HARD_NEGATIVES_FROM_QUEUE = True
+    # The queue starts as torch.randn embeddings, not normalised (official, "faithful"); True
+    # L2-normalises them as ALBEF does (the first steps then see unit-norm negatives).
+    cfg.MODEL.COARSE.NORMALIZE_QUEUE_INIT = False
+    # Not official: ITC keys and hard-negative candidates from the batch of every process (so
+    # that N processes equal one process with the whole batch). Official: each process uses its
+    # own batch plus the shared (all-gathered) queue.
+    cfg.MODEL.COARSE.GATHER_BATCH = False
+    # Retrieval scoring (fiber_det.modeling.coarse.retrieval): ITM scores only for the ITC top-k
+    # candidates of each image and each text (ALBEF: 128 on Flickr30k, 256 on COCO); 0 scores
+    # every pair with ITM (official).
+    cfg.MODEL.COARSE.RERANK_TOPK = 0
+    # Image-text pairs run together through the fused tail when scoring retrieval with ITM.
+    cfg.MODEL.COARSE.ITM_BATCH_SIZE = 64

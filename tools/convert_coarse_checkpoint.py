@@ -5,6 +5,12 @@
     python tools/convert_coarse_checkpoint.py fiber_coarse_init_for_refexp.pt out.pth \\
         --fusion-version v3
 
+The input is an official coarse-grained file or the output of fiber_det's own stage 1 (a
+FIBERCoarse checkpoint, e.g. ``output/coarse/model_final.pth``):
+
+    python tools/convert_coarse_checkpoint.py output/coarse/model_final.pth out.pth \
+        --fusion-version v3
+
 Stage 1 -> 2 of FIBER's two-stage training: ``vit_model.*`` -> ``backbone.body.*`` (Swin and its
 image-to-text fusion), ``text_transformer.*`` -> ``backbone.language.*`` (RoBERTa and its
 text-to-image fusion); the FPN and the head start from scratch. A report of what was loaded, what
@@ -32,7 +38,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("input", help="coarse-grained FIBER checkpoint (.pt / .ckpt)")
+    p.add_argument(
+        "input", help="coarse-grained FIBER checkpoint (.pt / .ckpt, or a FIBERCoarse .pth)"
+    )
     p.add_argument("output", help="where to write the fiber_det checkpoint")
     p.add_argument(
         "--config-file",

@@ -6,8 +6,10 @@
 * fiber-det's own checkpoints (detectron2 format ``{"model": ..., "trainer": ..., ...}``);
 * official fine-grained FIBER files (maskrcnn_benchmark keys ``fusion_backbone.*``, ``rpn.*``):
   converted and checked by :mod:`.official`;
-* coarse-grained FIBER files (stage 1: ``vit_model.*``, ``text_transformer.*``, as a ``.pt`` or a
-  Lightning ``{"state_dict": ...}`` file): mapped onto the detector's backbone by :mod:`.coarse`;
+* coarse-grained FIBER files (stage 1: the official ``vit_model.*``, ``text_transformer.*`` keys
+  as a ``.pt`` or a Lightning ``{"state_dict": ...}`` file, or a ``FIBERCoarse`` checkpoint):
+  converted for the model they load into, the coarse model itself (:mod:`.coarse_model`) or the
+  detector's backbone (:mod:`.coarse`);
 * ImageNet Swin (Microsoft or timm layout) and ``roberta-base`` files: loaded into the model's
   Swin or RoBERTa by :mod:`.pretrained`, everything else left as it is.
 
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from ..modeling.backbone.roberta import FusionRobertaModel
 from ..modeling.backbone.swin import FusionSwinTransformer
 from ..utils.io import atomic_open, load_torch_file
-from .coarse import convert_coarse_state_dict, is_coarse_state_dict
+from .coarse_model import convert_checkpoint_for_model
 from .official import CheckpointError, convert_official_state_dict, is_official_state_dict
 from .pretrained import (
     PICKLE_HINT,
@@ -53,15 +55,18 @@ _LIGHTNING_KEYS = ("pytorch-lightning_version", "epoch", "global_step", "hyper_p
 _MIN_FITTING_SHARE = 0.5
 
 
-def _unwrap_model_state(obj: Any) -> Tuple[Any, Dict[str, Any]]:
-    """(model state, other entries) of a loaded file: ``{"model": ...}`` (detectron2, official),
-    ``{"state_dict": ...}`` (Lightning), or a bare state_dict."""
+def _unwrap_model_state(obj: Any) -> Tuple[Any, Dict[str, Any], bool]:
+    """(model state, other entries, is Lightning) of a loaded file: ``{"model": ...}``
+    (detectron2, official), ``{"state_dict": ...}`` (Lightning), or a bare state_dict."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(obj).__name__}")
     for key in ("model", "state_dict"):
         if isinstance(obj.get(key), Mapping):
-            return obj[key], {k: v for k, v in obj.items() if k != key}
-    return obj, {}
+            extra = {k: v for k, v in obj.items() if k != key}
+            lightning = key == "state_dict" or any(k in extra for k in _LIGHTNING_KEYS)
+            # Lightning's optimizer / loop states are not ours to resume
+            return obj[key], ({} if lightning else extra), lightning
+    return obj, {}, False
 
 
 class FIBERCheckpointer(DetectionCheckpointer):
@@ -94,9 +99,16 @@ class FIBERCheckpointer(DetectionCheckpointer):
         obj = load_torch_file(filename, allow_pickle=self.allow_pickle, hint=PICKLE_HINT)
         self._loading = filename
         self.last_conversion_report = None
-        state, extra = _unwrap_model_state(obj)
-        if any(k in extra for k in _LIGHTNING_KEYS):
-            extra = {}  # Lightning's optimizer / loop states are not ours to resume
+        state, extra, lightning = _unwrap_model_state(obj)
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        # Coarse-grained files (official Lightning files, FIBERCoarse checkpoints) for either
+        # model, and the coarse model's own refusals (.coarse_model).
+        coarse = convert_checkpoint_for_model(
+            {"model": {"state_dict": state} if lightning else state}, model, filename
+        )
+        if coarse is not None:
+            checkpoint, self.last_conversion_report = coarse
+            return checkpoint
         converted = self._convert(state, filename)
         if converted is None:
             return {"model": dict(state), **extra}
@@ -116,9 +128,6 @@ class FIBERCheckpointer(DetectionCheckpointer):
                 model_shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
             )
             what = "official FIBER fine-grained checkpoint"
-        elif is_coarse_state_dict(keys):
-            converted, report = convert_coarse_state_dict(state, model, source=source)
-            what = "coarse-grained FIBER checkpoint"
         elif is_swin_state_dict(keys) or is_roberta_state_dict(keys):
             cls, mapper = (
                 (FusionSwinTransformer, map_swin_state_dict)

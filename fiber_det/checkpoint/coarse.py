@@ -22,13 +22,13 @@ this module does the same mapping explicitly:
   ``rank_output``, ITC temperature and queues, task classifiers).
 * From scratch: the FPN, the head, and the Swin output norms ``norm1..3`` that feed the FPN.
 
-The coarse model skips the output LayerNorm of its last text layer (``last_norm=(blk_cnt == 0)``
-in ``fiber_module.py``, i.e. only for layer 10 of 12); the fine-grained model applies it. The
-module still exists in the coarse model, so its tensors are in the checkpoint and are loaded: they
-hold the values that layer had when the coarse training started (roberta-base's, since the coarse
-objective never produced a gradient for them), not values trained for the coarse model. This is
-what the official fine-grained pre-training started from too. (Inferred from the code; the
-released files could not be inspected here.)
+The coarse model skips the output LayerNorm of its last text layer in its fused path
+(``last_norm=(blk_cnt == 0)`` in ``fiber_module.py``, i.e. only for layer 10 of 12); the
+fine-grained model applies it. The coarse model does apply it in its uni-modal ITC path (all 12
+layers without cross-attention), so its tensors are trained by ITC alone and are loaded; the
+fine-grained model uses them after the fused layer, where the coarse model never did. This is what
+the official fine-grained pre-training started from too. (Inferred from the code; the released
+files could not be inspected here.)
 """
 
 import logging
@@ -46,13 +46,17 @@ from .pretrained import LoadReport, _resize_bias_table
 __all__ = [
     "convert_coarse_state_dict",
     "is_coarse_state_dict",
+    "is_fiber_det_coarse_state_dict",
     "load_coarse_pretrained",
     "read_coarse_checkpoint",
+    "to_official_coarse_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
 
 _SWIN, _TEXT = "vit_model.", "text_transformer."
+# Official coarse prefixes and those of fiber_det's models (FIBERCoarse, FIBERDetector).
+PREFIXES = ((_SWIN, "backbone.body."), (_TEXT, "backbone.language."))
 _SKIP_COARSE_ONLY = (
     "coarse-only modules (ITC/ITM/MLM heads, cross-modal transforms, poolers, queues)"
 )
@@ -72,10 +76,35 @@ def is_coarse_state_dict(keys) -> bool:
     return any(k.replace("module.", "", 1).startswith((_SWIN, _TEXT)) for k in keys)
 
 
+def to_official_coarse_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """A FIBERCoarse state_dict in the official coarse layout (``vit_model.*``,
+    ``text_transformer.*``, ``rank_output`` = row 1 of the ITM classifier, top-level queues), as
+    read by the official code and by :mod:`.coarse` (stage 1 -> 2)."""
+    out: Dict[str, Tensor] = {}
+    for key, value in state.items():
+        for old, new in PREFIXES:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+                break
+        out[key[len("queue.") :] if key.startswith("queue.") else key] = value
+    if "itm_score.fc.weight" in out:
+        out["rank_output.weight"] = out["itm_score.fc.weight"][1:].clone()
+        out["rank_output.bias"] = out["itm_score.fc.bias"][1:].clone()
+    return out
+
+
+def is_fiber_det_coarse_state_dict(state: Mapping[str, Tensor]) -> bool:
+    """True for a state_dict of fiber_det's coarse-grained model (FIBERCoarse, stage 1)."""
+    return any(k.startswith("backbone.body.") for k in state) and any(
+        k.startswith(("cross_modal_", "itm_score.", "mlm_score.")) for k in state
+    )
+
+
 def read_coarse_checkpoint(
     path: Union[str, Path], *, allow_pickle: bool = False
 ) -> Dict[str, Tensor]:
-    """The state_dict of a coarse-grained checkpoint (``.pt``, or a Lightning ``.ckpt``).
+    """The state_dict of a coarse-grained checkpoint (``.pt``, a Lightning ``.ckpt``, or a
+    FIBERCoarse checkpoint of fiber_det, returned in the official layout).
 
     Args:
         path: the file.
@@ -94,10 +123,12 @@ def read_coarse_checkpoint(
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
+    if isinstance(obj, Mapping) and is_fiber_det_coarse_state_dict(obj):
+        return to_official_coarse_state_dict(obj)
     if not isinstance(obj, Mapping) or not is_coarse_state_dict(obj):
         raise ValueError(
             f"{path} is not a coarse-grained FIBER checkpoint (no vit_model.* / "
-            "text_transformer.* keys)"
+            "text_transformer.* keys, nor a FIBERCoarse checkpoint)"
         )
     return dict(obj)
 
@@ -213,8 +244,8 @@ def _add_notes(report: LoadReport, state, mapped, model) -> None:
     key = f"backbone.language.encoder.layer.{last}.output.LayerNorm.weight"
     if key in mapped:
         report.notes.append(
-            f"text layer {last} output LayerNorm: loaded, but the coarse model never applied it "
-            "(it holds its pre-coarse-training values); the fine-grained model applies it"
+            f"text layer {last} output LayerNorm: loaded; the coarse model applied it only in "
+            "its uni-modal ITC path (its fused path skips it), the fine-grained model applies it"
         )
     report.notes.append(
         "Swin output norms norm1..3 (FPN inputs), the FPN and the head start from scratch"

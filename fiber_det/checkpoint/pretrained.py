@@ -3,7 +3,9 @@
 * Swin ImageNet checkpoints in the original Microsoft layout (``swin_base_patch4_window12_384_22k
   .pth``: ``{"model": {...}}``, patch merging at the end of each stage) or timm's layout (patch
   merging at the start of the next stage, ``head.fc``); relative position bias tables are
-  resized bicubically when the window size differs (as Swin's own fine-tuning code does).
+  resized bicubically when the window size differs (as Swin's own fine-tuning code does). The
+  final norm loads into a Swin that has one (the coarse-grained model, as the official stage 1),
+  and is skipped with the classifier otherwise.
 * ``roberta-base`` from a folder (``model.safetensors`` or ``pytorch_model.bin``), a single file,
   or the local Hugging Face cache (never downloaded); ``roberta.`` prefixes, ``lm_head`` and
   ``pooler`` are handled.
@@ -165,7 +167,7 @@ def map_swin_state_dict(
         if re.search(r"(relative_position_index|attn_mask)$", key):
             report.skipped.setdefault("buffers rebuilt by the model", []).append(key)
             continue
-        if key.startswith(("head.", "norm.")):
+        if key.startswith("head.") or (key.startswith("norm.") and key not in own):
             report.skipped.setdefault("ImageNet classifier (head, final norm)", []).append(key)
             continue
         if timm_layout:

@@ -28,7 +28,14 @@ from .fpn import FIBERFPN
 from .roberta import FusionRobertaModel
 from .swin import FusionSwinTransformer, SwinState
 
-__all__ = ["FIBERBackbone", "TextState", "TextFeatures", "build_fiber_backbone"]
+__all__ = [
+    "FIBERBackbone",
+    "TextState",
+    "TextFeatures",
+    "build_fiber_backbone",
+    "swin_from_cfg",
+    "text_encoder_from_cfg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +85,11 @@ class FIBERBackbone(Backbone):
         swin (FusionSwinTransformer): image side; its last blocks are fused.
         text_encoder (FusionRobertaModel): text side; its last layers are fused, as many as
             the fused Swin blocks.
-        fpn (FIBERFPN): pyramid on the Swin stages in ``in_stages``.
-        in_stages (sequence of int): Swin stages fed to the FPN (FIBER: 1, 2, 3 = res3-res5).
+        fpn (FIBERFPN or None): pyramid on the Swin stages in ``in_stages``; None for an
+            image-text encoder without detection features (the coarse-grained model uses the
+            fused image tokens of :meth:`fused_tail` instead).
+        in_stages (sequence of int): Swin stages fed to the FPN (FIBER: 1, 2, 3 = res3-res5);
+            empty without FPN.
         size_divisibility (int): input images must have H and W divisible by this.
         mask_image_padding (bool): mask padded image tokens out of text-to-image attention
             (not official; needs ``image_sizes`` in :meth:`fuse`).
@@ -92,7 +102,7 @@ class FIBERBackbone(Backbone):
         *,
         swin: FusionSwinTransformer,
         text_encoder: FusionRobertaModel,
-        fpn: FIBERFPN,
+        fpn: FIBERFPN | None,
         in_stages: Sequence[int] = (1, 2, 3),
         size_divisibility: int = 32,
         mask_image_padding: bool = False,
@@ -116,6 +126,9 @@ class FIBERBackbone(Backbone):
             nn.init.zeros_(self.tunable_linear.weight)
         else:
             self.tunable_linear = None
+        if fpn is None:
+            self._out_features, self._out_feature_strides, self._out_feature_channels = [], {}, {}
+            return
         first = 2 ** (self.in_stages[0] + 2)
         self._out_features = [f"p{i}" for i in range(3, 3 + len(self.in_stages) + 2)]
         self._out_feature_strides = {
@@ -170,21 +183,35 @@ class FIBERBackbone(Backbone):
             raise ValueError(f"empty prompt (no token in attention_mask) for batch items {empty}")
 
     # -- the two halves ------------------------------------------------------------------------
-    def encode_image(self, images: Tensor) -> SwinState:
-        """Image blocks before the first fused block: (B, 3, H, W) -> :class:`SwinState`."""
+    def encode_image(self, images: Tensor, *, uni_modal: bool = False) -> SwinState:
+        """Image blocks before the first fused block: (B, 3, H, W) -> :class:`SwinState`.
+
+        ``uni_modal=True`` runs every block, the fused ones without their cross-attention (the
+        image encoder alone, as the coarse-grained model's ITC path); the state is then final
+        (last stage, no patch merging after it, no output norm)."""
         self._check_images(images)
+        if uni_modal:
+            return self.body.run(self.body.embed(images), sum(self.body.depths), fusion=False)
         return self.body.run(self.body.embed(images), self.num_prefusion_blocks)
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextState:
-        """Text layers before the first fused layer: (B, T) ids and mask -> :class:`TextState`."""
+    def encode_text(
+        self, input_ids: Tensor, attention_mask: Tensor, *, uni_modal: bool = False
+    ) -> TextState:
+        """Text layers before the first fused layer: (B, T) ids and mask -> :class:`TextState`.
+
+        ``uni_modal=True`` runs every layer, the fused ones without their cross-attention (the
+        text encoder alone, as the coarse-grained model's ITC path)."""
         self._check_text(input_ids, attention_mask)
         mask = attention_mask.bool()
         hidden = self.language.embed(input_ids)
         if self.tunable_linear is not None:
             hidden = hidden + self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
         attn_mask = mask[:, None, None, :]
-        for i in range(self.language.num_prefusion_layers):
-            hidden = self.language.layer_forward(i, hidden, attn_mask)
+        layers = (
+            len(self.language.encoder.layer) if uni_modal else self.language.num_prefusion_layers
+        )
+        for i in range(layers):
+            hidden = self.language.layer_forward(i, hidden, attn_mask, fusion=False)
         return TextState(hidden=hidden, mask=mask)
 
     def fuse(
@@ -205,6 +232,8 @@ class FIBERBackbone(Backbone):
             features (dict[str, Tensor]): "p3".."p7", each (B, C, H_l, W_l).
             text (TextFeatures): fused text features (B, T, D).
         """
+        if self.fpn is None:
+            raise RuntimeError("this backbone has no FPN: use fused_tail() for its fused tokens")
         image, fused = self.fused_tail(image, text, image_sizes)
         feats = self.fpn([image.outputs[s] for s in self.in_stages])
         return dict(zip(self._out_features, feats)), fused
@@ -214,8 +243,14 @@ class FIBERBackbone(Backbone):
         image: SwinState,
         text: TextState,
         image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        *,
+        last_text_norm: bool = True,
     ) -> Tuple[SwinState, TextFeatures]:
-        """The fused blocks and layers only (no FPN); see :meth:`fuse` for the arguments."""
+        """The fused blocks and layers only (no FPN); see :meth:`fuse` for the arguments.
+
+        ``last_text_norm=False`` skips the output LayerNorm of the last text layer, as the
+        coarse-grained model's fused path does (``last_norm`` in the official
+        ``fiber_module.py``); the detector applies it."""
         b_img, b_txt = image.tokens.shape[0], text.hidden.shape[0]
         if b_img != b_txt:
             if b_img == 1:
@@ -234,8 +269,14 @@ class FIBERBackbone(Backbone):
             )
             # Parallel update: both sides read the other's state from before this pair.
             image = self.body.step(image, hidden, mask)
+            last = k == self.num_fused - 1
             hidden = self.language.layer_forward(
-                first_layer + k, hidden, attn_mask, image_in, img_mask
+                first_layer + k,
+                hidden,
+                attn_mask,
+                image_in,
+                img_mask,
+                last_norm=last_text_norm or not last,
             )
         return image, TextFeatures(hidden=hidden, mask=mask)
 
@@ -290,6 +331,41 @@ def roberta_config_from_cfg(cfg) -> RobertaConfig:
     )
 
 
+def swin_from_cfg(cfg, out_indices: Sequence[int], **options) -> FusionSwinTransformer:
+    """:class:`FusionSwinTransformer` from ``cfg.MODEL.{SWIN,FIBER}``; ``options`` are passed on
+    (``shift_single_window``, ``final_norm`` and ``window_size`` for the coarse-grained model)."""
+    sw = cfg.MODEL.SWIN
+    kwargs = dict(
+        patch_size=sw.PATCH_SIZE,
+        embed_dim=sw.EMBED_DIM,
+        depths=sw.DEPTHS,
+        num_heads=sw.NUM_HEADS,
+        window_size=sw.WINDOW_SIZE,
+        mlp_ratio=sw.MLP_RATIO,
+        qkv_bias=sw.QKV_BIAS,
+        drop_path_rate=sw.DROP_PATH_RATE,
+        num_fused_blocks=cfg.MODEL.FIBER.NUM_FUSION_LAYERS,
+        text_dim=cfg.MODEL.LANGUAGE.HIDDEN_SIZE,
+        fusion_version=cfg.MODEL.FIBER.FUSION_VERSION,
+        out_indices=out_indices,
+        ape=sw.APE,
+        pretrain_img_size=sw.PRETRAIN_IMG_SIZE,
+        frozen_stages=sw.FROZEN_STAGES,
+        use_checkpoint=sw.USE_CHECKPOINT,
+    )
+    kwargs.update(options)
+    return FusionSwinTransformer(**kwargs)
+
+
+def text_encoder_from_cfg(cfg, swin: FusionSwinTransformer) -> FusionRobertaModel:
+    """:class:`FusionRobertaModel` from ``cfg.MODEL.LANGUAGE``, fused with ``swin``'s tail."""
+    return FusionRobertaModel(
+        roberta_config_from_cfg(cfg),
+        image_dims=swin.fused_block_dims(),
+        use_checkpoint=cfg.MODEL.LANGUAGE.USE_CHECKPOINT,
+    )
+
+
 @BACKBONE_REGISTRY.register()
 def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBackbone:
     """Build :class:`FIBERBackbone` from ``cfg.MODEL.{SWIN,LANGUAGE,FIBER,FPN}``."""
@@ -301,35 +377,11 @@ def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBack
             f"MODEL.FPN.IN_FEATURES has unknown stages {unknown}; use {list(_STAGE_INDEX)}"
         )
     in_stages = [_STAGE_INDEX[f] for f in cfg.MODEL.FPN.IN_FEATURES]
-    sw = cfg.MODEL.SWIN
-    if max(in_stages) >= len(sw.DEPTHS):
+    if max(in_stages) >= len(cfg.MODEL.SWIN.DEPTHS):
         raise ValueError(
             f"MODEL.FPN.IN_FEATURES {cfg.MODEL.FPN.IN_FEATURES} needs more Swin stages"
         )
-    lang_cfg = roberta_config_from_cfg(cfg)
-    swin = FusionSwinTransformer(
-        patch_size=sw.PATCH_SIZE,
-        embed_dim=sw.EMBED_DIM,
-        depths=sw.DEPTHS,
-        num_heads=sw.NUM_HEADS,
-        window_size=sw.WINDOW_SIZE,
-        mlp_ratio=sw.MLP_RATIO,
-        qkv_bias=sw.QKV_BIAS,
-        drop_path_rate=sw.DROP_PATH_RATE,
-        num_fused_blocks=cfg.MODEL.FIBER.NUM_FUSION_LAYERS,
-        text_dim=lang_cfg.hidden_size,
-        fusion_version=cfg.MODEL.FIBER.FUSION_VERSION,
-        out_indices=in_stages,
-        ape=sw.APE,
-        pretrain_img_size=sw.PRETRAIN_IMG_SIZE,
-        frozen_stages=sw.FROZEN_STAGES,
-        use_checkpoint=sw.USE_CHECKPOINT,
-    )
-    text = FusionRobertaModel(
-        lang_cfg,
-        image_dims=swin.fused_block_dims(),
-        use_checkpoint=cfg.MODEL.LANGUAGE.USE_CHECKPOINT,
-    )
+    swin = swin_from_cfg(cfg, in_stages)
     fpn = FIBERFPN(
         [swin.num_features[s] for s in in_stages],
         cfg.MODEL.FPN.OUT_CHANNELS,
@@ -338,7 +390,7 @@ def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBack
     )
     return FIBERBackbone(
         swin=swin,
-        text_encoder=text,
+        text_encoder=text_encoder_from_cfg(cfg, swin),
         fpn=fpn,
         in_stages=in_stages,
         size_divisibility=cfg.MODEL.FIBER.SIZE_DIVISIBILITY,

@@ -138,6 +138,8 @@ class FusionRobertaLayer(nn.Module):
         self_mask: Tensor,
         image_tokens: Tensor | None = None,
         image_mask: Tensor | None = None,
+        fusion: bool = True,
+        last_norm: bool = True,
     ) -> Tensor:
         """
         Args:
@@ -146,16 +148,21 @@ class FusionRobertaLayer(nn.Module):
             image_tokens (Tensor): (B, L, C) image tokens of the paired Swin block (fused layers).
             image_mask (Tensor or None): (B, 1, 1, L) bool mask over image tokens; the official
                 model uses none (text attends to padded image tokens too).
+            fusion (bool): False runs a fused layer without its t2i cross-attention (the
+                uni-modal path of the coarse-grained model); ``image_tokens`` is then ignored.
+            last_norm (bool): apply the output LayerNorm. The coarse-grained model skips it in
+                the last layer of its fused path (``last_norm=(blk_cnt == 0)`` in the official
+                ``fiber_module.py``); everything else applies it.
         """
         a = self.attention.output(self.attention.self(hidden, hidden, self_mask))
-        if self.fused:
+        if self.fused and fusion:
             if image_tokens is None:
                 raise ValueError("a fused RoBERTa layer needs the image tokens (None given)")
             c = self.crossattention_t2i.self(a, image_tokens, image_mask)
             a = a + self.alpha_t2i * self.crossattention_t2i.output(c)
         h = self.attention.output.LayerNorm(a + hidden)
-        ffn = self.output.dropout(self.output.dense(F.gelu(self.intermediate.dense(h))))
-        return self.output.LayerNorm(ffn + h)
+        out = self.output.dropout(self.output.dense(F.gelu(self.intermediate.dense(h)))) + h
+        return self.output.LayerNorm(out) if last_norm else out
 
 
 class _Encoder(nn.Module):
@@ -223,13 +230,16 @@ class FusionRobertaModel(nn.Module):
         self_mask: Tensor,
         image_tokens: Tensor | None = None,
         image_mask: Tensor | None = None,
+        *,
+        fusion: bool = True,
+        last_norm: bool = True,
     ) -> Tensor:
+        """Layer ``index`` (arguments of :meth:`FusionRobertaLayer.forward`)."""
         layer = self.encoder.layer[index]
+        args = (hidden, self_mask, image_tokens, image_mask, fusion, last_norm)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return activation_checkpoint.checkpoint(
-                layer, hidden, self_mask, image_tokens, image_mask, use_reentrant=False
-            )
-        return layer(hidden, self_mask, image_tokens, image_mask)
+            return activation_checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Text-only forward; only valid without fused layers."""

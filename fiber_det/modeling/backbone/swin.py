@@ -171,10 +171,12 @@ class SwinBlock(nn.Module):
         drop_path: float = 0.0,
         text_dim: int | None = None,
         fusion_version: str = "v2",
+        shift_single_window: bool = True,
     ):
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
+        self.shift_single_window = shift_single_window
         self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
@@ -201,6 +203,7 @@ class SwinBlock(nn.Module):
         shift_mask: Tensor,
         text: Tensor | None = None,
         text_mask: Tensor | None = None,
+        fusion: bool = True,
     ) -> Tensor:
         """
         Args:
@@ -208,27 +211,32 @@ class SwinBlock(nn.Module):
             hw (tuple): (H, W).
             shift_mask (Tensor): (nW, N, N) mask for shifted windows of this resolution.
             text, text_mask: (B, T, D) text states and (B, T) bool mask, for fused blocks.
+            fusion (bool): False runs a fused block without its i2t cross-attention (the
+                uni-modal path of the coarse-grained model); ``text`` is then ignored.
         """
         h, w = hw
         b, _, c = x.shape
         ws = self.window_size
+        shift = self.shift_size
+        if not self.shift_single_window and h <= ws and w <= ws:
+            shift = 0  # classification Swin: a map that fits in one window is not shifted
         shortcut = x
         x = self.norm1(x).view(b, h, w, c)
         # Zero padding to whole windows happens after norm1 (padded tokens take part in attention).
         pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         hp, wp = h + pad_b, w + pad_r
-        if self.shift_size > 0:
-            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        if shift > 0:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         windows = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
         windows = windows.reshape(b, -1, ws * ws, c)
-        out = self.attn(windows, shift_mask if self.shift_size > 0 else None)
+        out = self.attn(windows, shift_mask if shift > 0 else None)
         out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
         out = out.reshape(b, hp, wp, c)
-        if self.shift_size > 0:
-            out = torch.roll(out, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        if shift > 0:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
         out = out[:, :h, :w, :].reshape(b, h * w, c)
-        if self.fused:
+        if self.fused and fusion:
             if text is None:
                 raise ValueError("a fused Swin block needs the text states (text=None given)")
             out = self.attn.image_to_text(out, text, text_mask)
@@ -329,6 +337,11 @@ class FusionSwinTransformer(nn.Module):
         ape (bool), pretrain_img_size (int): absolute position embedding (off in FIBER).
         frozen_stages (int): official FREEZE_CONV_BODY_AT semantics (see config).
         use_checkpoint (bool): activation checkpointing of blocks in training.
+        shift_single_window (bool): shift the windows of every other block even when the feature
+            map fits in one window (detection Swin, True); False follows the classification
+            Swin of the coarse-grained FIBER model (timm), which does not shift such a map.
+        final_norm (bool): add the classification Swin's LayerNorm ``norm`` on the last stage's
+            tokens (the coarse-grained model applies it in its uni-modal ITC path only).
     """
 
     def __init__(
@@ -350,6 +363,8 @@ class FusionSwinTransformer(nn.Module):
         pretrain_img_size: int = 384,
         frozen_stages: int = -1,
         use_checkpoint: bool = False,
+        shift_single_window: bool = True,
+        final_norm: bool = False,
     ):
         super().__init__()
         if len(depths) != len(num_heads):
@@ -400,6 +415,7 @@ class FusionSwinTransformer(nn.Module):
                         drop_path=dpr[g],
                         text_dim=text_dim if g >= first_fused else None,
                         fusion_version=fusion_version,
+                        shift_single_window=shift_single_window,
                     )
                 )
                 g += 1
@@ -407,6 +423,7 @@ class FusionSwinTransformer(nn.Module):
             self.layers.append(SwinStage(blocks, down))
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self.norm = nn.LayerNorm(self.num_features[-1]) if final_norm else None
         self.apply(_init_weights)
         self._freeze()
 
@@ -432,18 +449,25 @@ class FusionSwinTransformer(nn.Module):
         return SwinState(tokens=x, hw=(h, w))
 
     def step(
-        self, state: SwinState, text: Tensor | None = None, text_mask: Tensor | None = None
+        self,
+        state: SwinState,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        *,
+        fusion: bool = True,
     ) -> SwinState:
-        """Run the next block; finish the stage (output norm, patch merging) if it was the last."""
+        """Run the next block; finish the stage (output norm, patch merging) if it was the last.
+
+        ``fusion=False`` runs a fused block without its i2t cross-attention."""
         stage = self.layers[state.stage]
         blk = stage.blocks[state.block]
         mask = stage.shift_mask(state.hw, state.tokens.device)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             x = activation_checkpoint.checkpoint(
-                blk, state.tokens, state.hw, mask, text, text_mask, use_reentrant=False
+                blk, state.tokens, state.hw, mask, text, text_mask, fusion, use_reentrant=False
             )
         else:
-            x = blk(state.tokens, state.hw, mask, text, text_mask)
+            x = blk(state.tokens, state.hw, mask, text, text_mask, fusion)
         if state.block + 1 < len(stage.blocks):
             return replace(state, tokens=x, block=state.block + 1)
         outputs = dict(state.outputs)
@@ -456,10 +480,11 @@ class FusionSwinTransformer(nn.Module):
             x, hw = stage.downsample(x, hw)
         return SwinState(tokens=x, hw=hw, stage=state.stage + 1, block=0, outputs=outputs)
 
-    def run(self, state: SwinState, num_blocks: int) -> SwinState:
-        """Run ``num_blocks`` blocks without text (pre-fusion part)."""
+    def run(self, state: SwinState, num_blocks: int, *, fusion: bool = True) -> SwinState:
+        """Run ``num_blocks`` blocks without text: the pre-fusion part, or with ``fusion=False``
+        any blocks, fused ones without their cross-attention (uni-modal image encoder)."""
         for _ in range(num_blocks):
-            state = self.step(state)
+            state = self.step(state, fusion=fusion)
         return state
 
     def forward(self, images: Tensor) -> Dict[int, Tensor]:
