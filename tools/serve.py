@@ -13,8 +13,8 @@ Open http://127.0.0.1:8000/ in a browser (the page needs no internet), or call t
     curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' \\
         'http://127.0.0.1:8000/api/predict?caption=a+man+with+a+dog&threshold=0.4'
 
-The schema is in fiber_det/serve/__init__.py and docs/DEPLOY.md. --port 0 picks a free port; the
-first line on stdout is "serving on http://HOST:PORT/". Ctrl-C stops the server.
+The schema is in fiber_det/serve/__init__.py and the README ("Serve"). --port 0 picks a free
+port; the first line on stdout is "serving on http://HOST:PORT/". Ctrl-C stops the server.
 """
 
 import argparse

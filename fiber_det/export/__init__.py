@@ -1,7 +1,7 @@
 """Deployment: FIBER as an ONNX graph (:func:`export_onnx`) and its onnxruntime runner
-(:class:`OnnxPredictor`, the ``FIBERPredictor`` interface). See docs/DEPLOY.md."""
+(:class:`OnnxPredictor`, the ``FIBERPredictor`` interface). See the README, "Deploy"."""
 
-from .exporter import ExportReport, export_onnx
+from .exporter import ExportReport, export_graph, export_onnx
 from .graph import ExportableFIBER
 from .runner import OnnxDetector, OnnxPredictor, onnx_providers
 
@@ -10,6 +10,7 @@ __all__ = [
     "ExportableFIBER",
     "OnnxDetector",
     "OnnxPredictor",
+    "export_graph",
     "export_onnx",
     "onnx_providers",
 ]

@@ -20,7 +20,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -30,7 +29,14 @@ from torch import nn
 from ..utils.io import atomic_open
 from .graph import OUTPUT_NAMES, ExportableFIBER, whole_image_dcn_tiles
 
-__all__ = ["ExportReport", "METADATA_KEY", "FORMAT_VERSION", "export_onnx", "check_onnx_output"]
+__all__ = [
+    "ExportReport",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "check_onnx_output",
+    "export_graph",
+    "export_onnx",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +83,18 @@ def _check_size(model: nn.Module, height: int, width: int) -> None:
         )
 
 
-def _example_inputs(wrapper: ExportableFIBER, query) -> tuple:
+def _example_inputs(wrapper: ExportableFIBER, prompt: Dict[str, torch.Tensor]) -> tuple:
     gen = torch.Generator().manual_seed(_CHECK_SEED)
     image = torch.rand(1, 3, wrapper.height, wrapper.width, generator=gen) * 255.0
     size = torch.tensor([wrapper.height, wrapper.width], dtype=torch.long)
     if wrapper.fixed_vocabulary:
         return image, size
-    prompt = query.encoded[0]
     return (
         image,
         size,
-        prompt.input_ids.reshape(1, -1).long(),
-        prompt.attention_mask.reshape(1, -1).long(),
-        prompt.positive_map.float(),
+        prompt["input_ids"].reshape(1, -1).long(),
+        prompt["attention_mask"].reshape(1, -1).long(),
+        prompt["positive_map"].float(),
     )
 
 
@@ -162,27 +167,64 @@ def export_onnx(
         check (bool): run the written graph once in onnxruntime and compare with PyTorch.
         opset (int): ONNX opset.
     """
-    import onnx
-
     from ..predictor import FIBERPredictor
+
+    names = list(vocabulary) if vocabulary else ["object"]
+    query = FIBERPredictor(cfg, model=model).encode_prompt(names)
+    fixed = None
+    if vocabulary:
+        fixed = {"names": names, "label_names": query.names, "captions": query.captions}
+    return export_graph(
+        model,
+        output,
+        height=height,
+        width=width,
+        prompts=[p.as_input() for p in query.encoded],
+        fixed_vocabulary=fixed,
+        input_format=cfg.INPUT.FORMAT,
+        check=check,
+        opset=opset,
+    )
+
+
+def export_graph(
+    model: nn.Module,
+    output: str,
+    *,
+    height: int,
+    width: int,
+    prompts: Sequence[Dict[str, torch.Tensor]],
+    fixed_vocabulary: Optional[Dict[str, Any]] = None,
+    input_format: str = "BGR",
+    check: bool = True,
+    opset: int = OPSET,
+) -> ExportReport:
+    """:func:`export_onnx` for prompts given as tensors.
+
+    Args:
+        prompts: model-input prompts (``input_ids``, ``attention_mask`` (T,), ``positive_map``
+            (C, T)). Without ``fixed_vocabulary``, the first one is the tracing example.
+        fixed_vocabulary (dict, optional): ``names``, ``label_names``, ``captions`` of the
+            prompts: their pre-fusion text states are stored in the graph.
+        input_format (str): the channel order of the graph's image (``INPUT.FORMAT``).
+    Other arguments: see :func:`export_onnx`.
+    """
+    import onnx
 
     model = model.eval().cpu()
     _check_size(model, height, width)
-    predictor = FIBERPredictor(cfg, model=model)
-    names = list(vocabulary) if vocabulary else ["object"]
-    query = predictor.encode_prompt(names)
     states = maps = None
-    if vocabulary:
+    if fixed_vocabulary is not None:
         with torch.no_grad():
             states = [
                 model.backbone.encode_text(
-                    p.input_ids.reshape(1, -1).long(), p.attention_mask.reshape(1, -1).long()
+                    p["input_ids"].reshape(1, -1).long(), p["attention_mask"].reshape(1, -1).long()
                 )
-                for p in query.encoded
+                for p in prompts
             ]
-        maps = [p.positive_map for p in query.encoded]
+        maps = [p["positive_map"] for p in prompts]
     wrapper = ExportableFIBER(model, height, width, states, maps).eval()
-    args = _example_inputs(wrapper, query)
+    args = _example_inputs(wrapper, prompts[0])
 
     level_shapes: List[tuple] = []
     hook = model.backbone.fpn.register_forward_hook(
@@ -193,7 +235,6 @@ def export_onnx(
             reference = wrapper(*args)
     finally:
         hook.remove()
-    level_sizes = [h * w for h, w in level_shapes]
     logger.info(
         "tracing FIBER for %dx%d input%s", height, width, " (fixed vocabulary)" if states else ""
     )
@@ -202,19 +243,16 @@ def export_onnx(
         "format": FORMAT_VERSION,
         "height": height,
         "width": width,
-        "level_sizes": level_sizes,
-        "input_format": cfg.INPUT.FORMAT,
+        "level_sizes": [h * w for h, w in level_shapes],
+        "input_format": input_format,
         "size_divisibility": int(model.backbone.size_divisibility),
-        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "fixed_vocabulary": None,
     }
-    if vocabulary:
+    if fixed_vocabulary is not None:
         meta["fixed_vocabulary"] = {
-            "names": names,
-            "label_names": query.names,
-            "captions": query.captions,
-            "input_ids": [p.input_ids.reshape(-1).tolist() for p in query.encoded],
-            "num_labels": [int(p.positive_map.shape[0]) for p in query.encoded],
+            **fixed_vocabulary,
+            "input_ids": [p["input_ids"].reshape(-1).tolist() for p in prompts],
+            "num_labels": [int(p["positive_map"].shape[0]) for p in prompts],
         }
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
@@ -224,15 +262,14 @@ def export_onnx(
         path=str(output),
         height=height,
         width=width,
-        level_sizes=level_sizes,
-        fixed_vocabulary=bool(vocabulary),
+        level_sizes=meta["level_sizes"],
+        fixed_vocabulary=fixed_vocabulary is not None,
         size_mb=len(data) / 2**20,
     )
     if check:
         feeds = {n: a.numpy() for n, a in zip(wrapper.input_names, args)}
         report.max_abs_diff = check_onnx_output(data, feeds, reference)
         logger.info("onnxruntime vs PyTorch on a random image: %s", report.max_abs_diff)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output, "wb") as f:
         f.write(data)
     logger.info("wrote %s (%.1f MB)", os.fspath(output), report.size_mb)

@@ -156,3 +156,17 @@ def test_graph_runs_in_a_bare_onnxruntime_session(full_graph):
     # P3..P7 of 256x320: 32x40 + 16x20 + 8x10 + 4x5 + 2x3 anchors
     assert boxes.shape == (1, 1706, 4) and scores.shape == (1, 1706, 2) and ctr.shape == (1, 1706)
     assert np.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_export_where_a_swin_stage_is_one_window(model_files, tmp_path):
+    """128x160: the last stage is 4x5 tokens, one 4-token window high, so the first region of
+    the shifted-window mask is empty along that axis (FIBER-B has the same at 320x448)."""
+    from fiber_det.export import export_onnx
+    from fiber_det.predictor import build_and_load_model
+
+    config, weights = model_files
+    cfg = load_config(config, weights=weights, device="cpu")
+    out = tmp_path / "small.onnx"
+    report = export_onnx(build_and_load_model(cfg), cfg, str(out), height=128, width=160)
+    assert out.is_file() and report.level_sizes[2] == 4 * 5
+    assert report.max_abs_diff["label_scores"] < 1e-5 and report.max_abs_diff["boxes"] < 1e-3
