@@ -93,6 +93,9 @@ def parse_args(argv=None):
         help="measure only onnxruntime (full and fixed-vocabulary graphs) vs PyTorch, one image "
         "and one prompt at these sizes (fiber_det/export/benchmark.py)",
     )
+    p.add_argument(
+        "--onnx-fixed", action="store_true", help="with --onnx: also a fixed-vocabulary graph"
+    )
     return p.parse_args(argv)
 
 
@@ -105,7 +108,8 @@ def run_onnx(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model, cfg = _model(args.config_file, torch.device("cpu"))
         sizes = [parse_size(s) for s in args.onnx]
-        rows = bench_onnx(model, cfg, sizes, build_test_tokenizer(tmp), args.repeats)
+        tokenizer = build_test_tokenizer(tmp)
+        rows = bench_onnx(model, cfg, sizes, tokenizer, args.repeats, args.onnx_fixed)
     report = f"Machine: {machine_description(torch.device('cpu'))}\n\n" + format_onnx_rows(rows)
     print(report)
     command = "python tools/benchmark.py " + " ".join(sys.argv[1:])

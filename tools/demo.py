@@ -83,9 +83,13 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    records, failures = predict_images(
-        predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
-    )
+    try:
+        records, failures = predict_images(
+            predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
+        )
+    except ValueError as e:  # e.g. an image larger than the --onnx graph's input size
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logger.info(
         "%d images written to %s (%d detections at >= %.2f)%s",
         len(records),

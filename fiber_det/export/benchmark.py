@@ -1,13 +1,13 @@
 """onnxruntime vs PyTorch on CPU: latency and peak memory of one image, one prompt
 (``tools/benchmark.py --onnx 512x512 800x1216``).
 
-For each input size, the model is exported twice (full
-graph, fixed vocabulary) and the three paths are timed in turns in the same process: PyTorch
-``FIBERDetector``, ``OnnxDetector`` on the full graph, ``OnnxDetector`` on the fixed-vocabulary
-graph; latency ratios are to PyTorch. Peak memory is the growth of the resident set during a
-call (:func:`fiber_det.utils.benchmark.peak_memory_mb`): *first call* includes what the runtime
+For each input size, the model is exported (the full graph; with ``fixed_vocabulary``, also
+the fixed-vocabulary graph of the prompt) and the paths are timed in turns in the same process:
+PyTorch ``FIBERDetector``, then ``OnnxDetector`` on each graph; latency ratios are to PyTorch.
+Peak memory is the growth of the resident set during a call
+(:func:`fiber_det.utils.benchmark.peak_memory_mb`): *first call* includes what the runtime
 allocates once (onnxruntime's arena, PyTorch's caches), *steady* is the largest of the timed
-calls. The detections of the three paths are compared as well (same labels, scores within 1e-4,
+calls. The detections of every path are compared as well (same labels, scores within 1e-4,
 boxes within 0.01 px).
 """
 

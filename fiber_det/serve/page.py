@@ -50,7 +50,7 @@ names separated by commas (detection).</p>
   <label for="prompt">Prompt</label>
   <input type="text" id="prompt" name="prompt" placeholder="person, dog, red umbrella">
   <label for="threshold">Score threshold</label>
-  <input type="number" id="threshold" name="threshold" min="0" max="1" step="0.01" value="0.3">
+  <input type="number" id="threshold" name="threshold" min="0" max="1" step="any" value="0.3">
   <div class="actions"><button type="submit" id="submit">Detect</button></div>
 </form>
 <div id="status"></div>

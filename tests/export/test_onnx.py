@@ -134,6 +134,9 @@ def test_demo_with_onnx_writes_the_outputs_of_weights(model_files, full_graph, t
             assert x["label"] == y["label"]
             assert abs(x["score"] - y["score"]) <= 2e-5  # JSON rounds scores to 5 decimals
             assert np.allclose(x["box"], y["box"], atol=0.011)  # and boxes to 0.01 px
+    Image.fromarray(np.zeros((400, 300, 3), dtype=np.uint8)).save(tmp_path / "tall.png")
+    args = ["--config-file", config, "--onnx", full_graph, "--input", str(tmp_path / "tall.png")]
+    assert demo.main(args + ["--output", str(tmp_path / "tall"), "--categories", "dog"]) == 2
 
 
 def test_graph_runs_in_a_bare_onnxruntime_session(full_graph):
