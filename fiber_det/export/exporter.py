@@ -20,7 +20,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -143,6 +143,37 @@ def check_onnx_output(
     }
 
 
+def _wrapper(
+    model: nn.Module, height: int, width: int, prompts: Sequence[Dict], fixed: bool
+) -> ExportableFIBER:
+    """The traceable module; with ``fixed``, the prompts' pre-fusion text states inside."""
+    states = maps = None
+    if fixed:
+        with torch.no_grad():
+            states = [
+                model.backbone.encode_text(
+                    p["input_ids"].reshape(1, -1).long(), p["attention_mask"].reshape(1, -1).long()
+                )
+                for p in prompts
+            ]
+        maps = [p["positive_map"] for p in prompts]
+    return ExportableFIBER(model, height, width, states, maps).eval()
+
+
+def _reference_run(wrapper: ExportableFIBER, args: tuple) -> Tuple[tuple, List[int]]:
+    """Eager outputs on the example, and the anchors per pyramid level (from the FPN)."""
+    shapes: List[tuple] = []
+    hook = wrapper.model.backbone.fpn.register_forward_hook(
+        lambda mod, inp, out: shapes.extend(tuple(f.shape[-2:]) for f in out)
+    )
+    try:
+        with torch.no_grad():
+            reference = wrapper(*args)
+    finally:
+        hook.remove()
+    return reference, [h * w for h, w in shapes]
+
+
 def export_onnx(
     model: nn.Module,
     cfg,
@@ -213,37 +244,17 @@ def export_graph(
 
     model = model.eval().cpu()
     _check_size(model, height, width)
-    states = maps = None
-    if fixed_vocabulary is not None:
-        with torch.no_grad():
-            states = [
-                model.backbone.encode_text(
-                    p["input_ids"].reshape(1, -1).long(), p["attention_mask"].reshape(1, -1).long()
-                )
-                for p in prompts
-            ]
-        maps = [p["positive_map"] for p in prompts]
-    wrapper = ExportableFIBER(model, height, width, states, maps).eval()
+    wrapper = _wrapper(model, height, width, prompts, fixed_vocabulary is not None)
     args = _example_inputs(wrapper, prompts[0])
-
-    level_shapes: List[tuple] = []
-    hook = model.backbone.fpn.register_forward_hook(
-        lambda mod, inp, out: level_shapes.extend(tuple(f.shape[-2:]) for f in out)
-    )
-    try:
-        with torch.no_grad():
-            reference = wrapper(*args)
-    finally:
-        hook.remove()
-    logger.info(
-        "tracing FIBER for %dx%d input%s", height, width, " (fixed vocabulary)" if states else ""
-    )
+    reference, level_sizes = _reference_run(wrapper, args)
+    kind = " (fixed vocabulary)" if wrapper.fixed_vocabulary else ""
+    logger.info("tracing FIBER for %dx%d input%s", height, width, kind)
     proto = onnx.load_from_string(_trace(wrapper, args, opset))
     meta: Dict[str, Any] = {
         "format": FORMAT_VERSION,
         "height": height,
         "width": width,
-        "level_sizes": [h * w for h, w in level_shapes],
+        "level_sizes": level_sizes,
         "input_format": input_format,
         "size_divisibility": int(model.backbone.size_divisibility),
         "fixed_vocabulary": None,
