@@ -23,6 +23,16 @@ ALLOWED = {
     "solver": set(),
     "config": {"model_zoo", "data"},
     "predictor": {"checkpoint", "config", "data", "text", "utils.io"},
+    "export": {
+        "modeling",
+        "predictor",
+        "config",
+        "text",
+        "utils.io",
+        "utils.benchmark",
+        "utils.testing",
+    },
+    "serve": {"predictor", "text", "utils.io", "export"},
 }
 
 

@@ -5,6 +5,7 @@
     python tools/benchmark.py --prompts 1 8 31 --repeats 3 --output output/benchmark/cpu.json
     python tools/benchmark.py --quick                           # tiny model, seconds
     python tools/benchmark.py --from-json output/benchmark/*.json --readme README.md
+    python tools/benchmark.py --onnx 512x512 800x1216            # onnxruntime vs PyTorch only
 
 The last form measures nothing: it regenerates the README's performance section (between
 ``<!-- PERF:START -->`` and ``<!-- PERF:END -->``) from saved results, one subsection per run.
@@ -85,7 +86,37 @@ def parse_args(argv=None):
         "default; batched and single-prompt convolutions then round differently, ~3e-4 on "
         "logits, so the identity check needs --no-tf32)",
     )
+    p.add_argument(
+        "--onnx",
+        nargs="+",
+        metavar="HxW",
+        help="measure only onnxruntime (full and fixed-vocabulary graphs) vs PyTorch, one image "
+        "and one prompt at these sizes (fiber_det/export/benchmark.py)",
+    )
+    p.add_argument(
+        "--onnx-fixed", action="store_true", help="with --onnx: also a fixed-vocabulary graph"
+    )
     return p.parse_args(argv)
+
+
+def run_onnx(args) -> int:
+    """``--onnx``: the deployment table (fiber_det.export.benchmark), JSON to --output."""
+    from fiber_det.export.benchmark import bench_onnx, format_onnx_rows, parse_size
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, cfg = _model(args.config_file, torch.device("cpu"))
+        sizes = [parse_size(s) for s in args.onnx]
+        tokenizer = build_test_tokenizer(tmp)
+        rows = bench_onnx(model, cfg, sizes, tokenizer, args.repeats, args.onnx_fixed)
+    report = f"Machine: {machine_description(torch.device('cpu'))}\n\n" + format_onnx_rows(rows)
+    print(report)
+    command = "python tools/benchmark.py " + " ".join(sys.argv[1:])
+    result = {"command": command, "config": args.config_file, "rows": rows, "report": report}
+    atomic_write_json(result, args.output)
+    print(f"\nwrote {args.output}")
+    return 0 if all(r["identical"] for r in rows) else 1
 
 
 def _model(config_file, device, opts=()):
@@ -415,6 +446,8 @@ def main(argv=None) -> int:
             6,
         )
         args.repeats, args.train_configs, args.train_size = 1, ["tiny/fiber_tiny.yaml"], 128
+    if args.onnx:
+        return run_onnx(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -14,7 +14,8 @@ automatically), on files, folders or globs::
 
 Writes ``<image>.jpg`` (boxes at or above --confidence-threshold, drawn with detectron2's
 Visualizer) and ``<image>.json`` per image, and ``predictions.json`` for all. A vocabulary too
-long for one prompt is split into several prompts automatically.
+long for one prompt is split into several prompts automatically. ``--onnx model.onnx`` (instead
+of ``--weights``) runs a graph from tools/export_onnx.py in onnxruntime, same outputs.
 
 Refused before anything is written: an output folder that is or holds an input image, or that an
 input glob reads; outputs that would overwrite the config or the weights. Images with the same
@@ -42,7 +43,11 @@ logger = logging.getLogger("fiber_det.demo")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True, help="model config (yaml)")
-    p.add_argument("--weights", default=None, help="checkpoint (overrides MODEL.WEIGHTS)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--weights", default=None, help="checkpoint (overrides MODEL.WEIGHTS)")
+    model.add_argument(
+        "--onnx", default=None, help="run this exported graph (tools/export_onnx.py) in onnxruntime"
+    )
     p.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="a caption: phrase grounding of its noun phrases")
@@ -82,20 +87,29 @@ def main(argv=None) -> int:
             files,
             args.output,
             patterns=args.input,
-            protected=[args.config_file, args.weights],
+            protected=[args.config_file, args.weights, args.onnx],
         )
         opts = [*args.opts, "MODEL.WEIGHTS_ALLOW_PICKLE", args.allow_pickle]
         cfg = load_config(
             args.config_file, opts, weights=args.weights, device="cpu" if args.cpu else None
         )
-        predictor = FIBERPredictor(cfg, batch_size=args.batch_size)
+        if args.onnx:
+            from fiber_det.export import OnnxPredictor  # onnxruntime is an optional dependency
+
+            predictor = OnnxPredictor(cfg, onnx_file=args.onnx, batch_size=args.batch_size)
+        else:
+            predictor = FIBERPredictor(cfg, batch_size=args.batch_size)
         predictor.encode_prompt(prompt)
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    records, failures = predict_images(
-        predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
-    )
+    try:
+        records, failures = predict_images(
+            predictor, files, prompt, args.output, confidence_threshold=args.confidence_threshold
+        )
+    except ValueError as e:  # e.g. an image larger than the --onnx graph's input size
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logger.info(
         "%d images written to %s (%d detections at >= %.2f)",
         len(records),

@@ -278,13 +278,18 @@ class SwinStage(nn.Module):
         key = (hw, str(device))
         if key not in self._mask_cache:
             ws, shift = self.window_size, self.window_size // 2
-            hp = -(-hw[0] // ws) * ws
-            wp = -(-hw[1] // ws) * ws
-            region = torch.zeros(hp, wp, device=device)
-            cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-            for i, hs in enumerate(cuts):
-                for j, wsl in enumerate(cuts):
-                    region[hs, wsl] = i * 3 + j
+            # Ceil to whole windows with non-negative operands only: the ONNX export folds a
+            # floor division of a negative number as a truncation.
+            hp = (hw[0] + ws - 1) // ws * ws
+            wp = (hw[1] + ws - 1) // ws * ws
+            # Regions [0, -ws), [-ws, -shift), [-shift, end) of each axis, numbered i * 3 + j;
+            # computed by comparisons (no slice assignment, which an empty first region of a
+            # one-window axis would turn into an untraceable empty index_put in ONNX export).
+            rows = torch.arange(hp, device=device)
+            cols = torch.arange(wp, device=device)
+            row_id = (rows >= hp - ws).long() + (rows >= hp - shift).long()
+            col_id = (cols >= wp - ws).long() + (cols >= wp - shift).long()
+            region = (row_id[:, None] * 3 + col_id[None, :]).float()
             win = region.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
             diff = win[:, None, :] - win[:, :, None]
             mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.0)

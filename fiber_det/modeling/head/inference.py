@@ -9,6 +9,10 @@ Follows the official ATSS post-processor of FIBER/GLIP (``modeling/rpn/inference
 4. final score ``sqrt(score x sigmoid(centerness))``; boxes decoded, clipped, empty ones dropped;
 5. class-wise NMS (IoU > ``nms_threshold`` suppresses), then the best ``detections_per_image``
    (ties at the cut are kept, as the official ``kthvalue`` threshold does).
+
+:meth:`PostProcessor.dense` is the fixed-shape part (every anchor decoded and scored, also run
+inside the ONNX graph of :mod:`fiber_det.export`), :meth:`PostProcessor.select` the
+data-dependent rest (steps 2-5).
 """
 
 from dataclasses import dataclass
@@ -80,6 +84,19 @@ class PostProcessor:
         self.detections_per_image = detections_per_image
         self.plus_one = plus_one
 
+    @classmethod
+    def from_config(cls, cfg) -> "PostProcessor":
+        """The settings of ``cfg.MODEL.ATSS`` and ``MODEL.FIBER.LEGACY_PLUS_ONE``."""
+        atss, plus_one = cfg.MODEL.ATSS, cfg.MODEL.FIBER.LEGACY_PLUS_ONE
+        return cls(
+            BoxCoder(atss.BBOX_REG_WEIGHTS, plus_one=plus_one),
+            score_threshold=atss.INFERENCE_TH,
+            pre_nms_top_n=atss.PRE_NMS_TOP_N,
+            nms_threshold=atss.NMS_TH,
+            detections_per_image=atss.DETECTIONS_PER_IMG,
+            plus_one=plus_one,
+        )
+
     def __call__(
         self,
         box_regression: Sequence[Tensor],
@@ -98,9 +115,42 @@ class PostProcessor:
             positive_map (Tensor): (C, T) this image's label -> token map.
             image_size (tuple): (h, w) of the image before padding (boxes are clipped to it).
         """
+        levels = [
+            self.dense(reg, ctr, logit, anc, positive_map)
+            for reg, ctr, logit, anc in zip(box_regression, centerness, logits, anchors)
+        ]
+        return self.select(levels, image_size)
+
+    def dense(
+        self, reg: Tensor, ctr: Tensor, logit: Tensor, anchors: Tensor, positive_map: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The fixed-shape part of one level: every anchor decoded and scored.
+
+        Args:
+            reg (Tensor): (4, H, W) box regression; ctr (Tensor): (1, H, W) centerness logits;
+            logit (Tensor): (H*W, T) region-word logits; anchors (Tensor): (H*W, 4);
+            positive_map (Tensor): (C, T).
+        Returns:
+            boxes (Tensor): (H*W, 4) decoded xyxy boxes, not clipped;
+            probs (Tensor): (H*W, C) label scores (mean token probability);
+            centerness (Tensor): (H*W,) sigmoid of the centerness logits.
+        """
+        boxes = self.box_coder.decode(reg.reshape(4, -1).t(), anchors)
+        probs = label_scores(logit.sigmoid(), positive_map)
+        return boxes, probs, ctr.reshape(-1).sigmoid()
+
+    def select(
+        self, levels: Sequence[Tuple[Tensor, Tensor, Tensor]], image_size: Tuple[int, int]
+    ) -> Detections:
+        """The data-dependent part: thresholds, per-level top-k, clipping, NMS and the cap.
+
+        Args:
+            levels: per level, the ``(boxes, probs, centerness)`` of :meth:`dense`.
+            image_size (tuple): (h, w) of the image before padding (boxes are clipped to it).
+        """
         boxes, scores, labels = [], [], []
-        for reg, ctr, logit, anc in zip(box_regression, centerness, logits, anchors):
-            b, s, lab = self._level(reg, ctr, logit, anc, positive_map, image_size)
+        for level_boxes, probs, ctr in levels:
+            b, s, lab = self._level(level_boxes, probs, ctr, image_size)
             boxes.append(b)
             scores.append(s)
             labels.append(lab)
@@ -115,17 +165,13 @@ class PostProcessor:
         order = scores.argsort(descending=True, stable=True)
         return Detections(boxes=boxes[order], scores=scores[order], labels=labels[order])
 
-    def _level(self, reg, ctr, logit, anchors, positive_map, image_size):
-        probs = label_scores(logit.sigmoid(), positive_map)  # (A, C)
+    def _level(self, boxes, probs, ctr, image_size):
         candidates = probs > self.score_threshold
         n = min(int(candidates.sum()), self.pre_nms_top_n)
-        ctr = ctr.reshape(-1).sigmoid()
         combined = (probs * ctr[:, None])[candidates]
         combined, top = combined.topk(n, sorted=False)
         loc, label = candidates.nonzero()[top].unbind(1)
-        deltas = reg.reshape(4, -1).t()[loc]
-        boxes = self.box_coder.decode(deltas, anchors[loc])
-        boxes = clip_boxes(boxes, image_size[0], image_size[1], self.plus_one)
+        boxes = clip_boxes(boxes[loc], image_size[0], image_size[1], self.plus_one)
         off = 1.0 if self.plus_one else 0.0
         keep = (boxes[:, 2] - boxes[:, 0] + off >= 0) & (boxes[:, 3] - boxes[:, 1] + off >= 0)
         return boxes[keep], combined.sqrt()[keep], label[keep]
