@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 _STAGE_INDEX = {"res2": 0, "res3": 1, "res4": 2, "res5": 3}
 
+#: Token positions of the prompt-tuning offsets: the official ``tunable_linear`` is
+#: ``Linear(hidden, 1000)``, whose (1000, hidden) weight holds one learned offset per position
+#: (more than any prompt the text encoder accepts), so official checkpoints load as they are.
+PROMPT_TUNING_POSITIONS = 1000
+
 
 @dataclass
 class TextState:
@@ -112,7 +117,9 @@ class FIBERBackbone(Backbone):
         self._size_divisibility = size_divisibility
         self.mask_image_padding = mask_image_padding
         if use_prompt_tuning:
-            self.tunable_linear = nn.Linear(text_encoder.hidden_size, 1000, bias=False)
+            self.tunable_linear = nn.Linear(
+                text_encoder.hidden_size, PROMPT_TUNING_POSITIONS, bias=False
+            )
             nn.init.zeros_(self.tunable_linear.weight)
         else:
             self.tunable_linear = None

@@ -23,6 +23,10 @@ from torch import Tensor, nn
 
 __all__ = ["FusionSwinTransformer", "SwinState"]
 
+#: Shifted-window masks kept per stage, one per feature-map size seen; an evaluation with many
+#: image sizes clears the cache beyond that instead of growing it without bound.
+SHIFT_MASK_CACHE_SIZE = 32
+
 
 def _drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
     """Stochastic depth per sample (Huang et al. 2016), as timm's DropPath."""
@@ -280,7 +284,7 @@ class SwinStage(nn.Module):
             win = region.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
             diff = win[:, None, :] - win[:, :, None]
             mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
-            if len(self._mask_cache) > 32:
+            if len(self._mask_cache) > SHIFT_MASK_CACHE_SIZE:
                 self._mask_cache.clear()
             self._mask_cache[key] = mask
         return self._mask_cache[key]
