@@ -146,6 +146,9 @@ def _add_head_keys(cfg: CN) -> None:
     # "grid_sample" (same maths as grid_sample + matmul, faster on CPU), "auto" (grid_sample on
     # CPU, torchvision on CUDA). They agree to ~1e-5.
     cfg.MODEL.DYHEAD.DCN_IMPL = "auto"
+    # grid_sample DCN in training: keep only its inputs and recompute the sampled (9C, HW)
+    # columns in the backward pass (same gradients, a fraction of the memory); False keeps them.
+    cfg.MODEL.DYHEAD.DCN_RECOMPUTE = True
 
     cfg.MODEL.ATSS = CN()
     # Anchors: one per location, size = ANCHOR_SIZES[l] at stride ANCHOR_STRIDES[l] (P3-P7).

@@ -130,6 +130,7 @@ class FIBERDetector(nn.Module):
             log_scale=dy.LOG_SCALE,
             use_checkpoint=dy.USE_CHECKPOINT,
             dcn_impl=dy.DCN_IMPL,
+            dcn_recompute=dy.DCN_RECOMPUTE,
         )
         if dy.CHANNELS != cfg.MODEL.FPN.OUT_CHANNELS:
             raise ValueError(
