@@ -19,7 +19,12 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from fiber_det.checkpoint import FIBERCheckpointer
-from fiber_det.utils.testing import get_config, parity_dir, unmatched_detections
+from fiber_det.utils.testing import (
+    get_config,
+    parity_dir,
+    unmatched_detections,
+    unmatched_instances,
+)
 
 FIXTURES = sorted(glob.glob(str(parity_dir() / "fixtures" / "*.pt")))
 pytestmark = [
@@ -176,3 +181,67 @@ def test_training_losses(loaded):
             continue
         ours = losses[name].item()
         assert math.isclose(ours, ref, rel_tol=1e-4), f"{name}: {ours} vs {ref}"
+
+
+def _exact_length(x):
+    """The fixture prompt without its padding (MODEL.LANGUAGE.PAD_TO_MAX False, the default)."""
+    n = int(x["attention_mask"].sum())
+    return {
+        **x,
+        "input_ids": x["input_ids"][:n],
+        "attention_mask": x["attention_mask"][:n],
+        "positive_map": x["positive_map"][:, :n],
+    }
+
+
+@torch.no_grad()
+def test_exact_length_prompt_gives_the_padded_outputs(loaded):
+    """Padded tokens are masked wherever they could matter: the prompt unpadded gives the
+    official 256-token outputs on its real tokens (float summation order apart: the attention
+    over 12 keys instead of 256), and the same detections."""
+    fx, model = loaded
+    padded = _inputs(fx)
+    exact = _exact_length(padded)
+    n = exact["input_ids"].numel()
+    assert n < padded["input_ids"].numel()
+    outs = []
+    for x in (padded, exact):
+        images = model.preprocess_image([x])
+        ids, mask = model.preprocess_text([x])
+        feats, text = model.backbone(images.tensor, ids, mask)
+        outs.append((feats, text, model.head(list(feats.values()), text)))
+    (feats_p, text_p, head_p), (feats_e, text_e, head_e) = outs
+    for a, b in zip(feats_p.values(), feats_e.values()):
+        assert (a - b).abs().max() < 5e-5
+    assert (text_p.hidden[:, :n] - text_e.hidden).abs().max() < 2e-5
+    for level in range(len(head_p.logits)):
+        assert head_e.logits[level].shape[-1] == n
+        assert (head_p.logits[level][..., :n] - head_e.logits[level]).abs().max() < 5e-5
+        assert (head_p.box_regression[level] - head_e.box_regression[level]).abs().max() < 2e-5
+        assert (head_p.centerness[level] - head_e.centerness[level]).abs().max() < 2e-5
+    a, b = model([padded])[0]["instances"], model([exact])[0]["instances"]
+    assert len(a) == len(b) == len(fx["detections"]["scores"])
+    assert not unmatched_instances(a, b, box_tol=1e-3, score_tol=2e-6)
+
+
+def test_exact_length_prompt_gives_the_padded_training_losses(loaded):
+    """The "no object" token sits at the last position of the 256-token budget: padding (masked)
+    for a 256-token prompt, absent for an exact-length one; the losses are the same."""
+    fx, model = loaded
+    t = fx["train_targets"]
+    losses = []
+    for x in (_inputs(fx), _exact_length(_inputs(fx))):
+        inst = Instances(tuple(fx["image_bgr_hwc_uint8"].shape[:2]))
+        inst.gt_boxes = Boxes(t["boxes_xyxy"])
+        inst.positive_map = t["positive_map"][:, : x["input_ids"].numel()]
+        model.train()
+        try:
+            with EventStorage(), torch.no_grad():
+                losses.append(model([{**x, "instances": inst}]))
+        finally:
+            model.eval()
+    for name, ref in fx["train_losses"].items():
+        if name in losses[0]:
+            assert math.isclose(losses[1][name].item(), ref, rel_tol=1e-4), name
+            assert math.isclose(losses[1][name].item(), losses[0][name].item(), rel_tol=1e-5)
+

@@ -155,6 +155,7 @@ class FIBERDetector(nn.Module):
                 centerness_weight=atss.CENTERNESS_LOSS_WEIGHT,
                 token_weight=atss.TOKEN_LOSS_WEIGHT,
                 plus_one=plus_one,
+                max_query_len=cfg.MODEL.LANGUAGE.MAX_QUERY_LEN,
             ),
             "postprocessor": PostProcessor(
                 coder,
