@@ -324,3 +324,11 @@ def _add_test_keys(cfg: CN) -> None:
     # COCO-O effective robustness needs the clean COCO val AP (points) of the same model and
     # prompt; < 0 takes it from a "coco" dataset evaluated in the same run (DATASETS.TEST).
     cfg.TEST.FIBER.COCO_O_CLEAN_AP = -1.0
+    # Grounding datasets (Flickr30k, RefCOCO/+/g, ...): the captions or expressions of one image
+    # form one model input with ``prompts`` (pre-fusion image part once, captions batched through
+    # the fused tail), split back into one record per caption: the same records as one forward per
+    # caption (False, the official protocol), less work.
+    cfg.TEST.FIBER.GROUP_BY_IMAGE = True
+    # Images per evaluation forward, batched only with images of the same padded size (same
+    # results as one by one). 0: auto, 1 on CPU (no gain) and 8 on GPU; 1: one image per forward.
+    cfg.TEST.FIBER.SIZE_BUCKET_BATCH = 0

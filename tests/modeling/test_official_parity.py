@@ -19,6 +19,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from fiber_det.checkpoint import FIBERCheckpointer
+from fiber_det.evaluation.base import ungroup
 from fiber_det.utils.testing import (
     get_config,
     parity_dir,
@@ -245,3 +246,37 @@ def test_exact_length_prompt_gives_the_padded_training_losses(loaded):
             assert math.isclose(losses[1][name].item(), ref, rel_tol=1e-4), name
             assert math.isclose(losses[1][name].item(), losses[0][name].item(), rel_tol=1e-5)
 
+
+@torch.no_grad()
+def test_queries_grouped_by_image_give_one_forward_per_query(loaded):
+    """Flickr / RefCOCO evaluation with an image's queries in one input (cached multi-prompt
+    path, split back per query by the evaluators): each query gets the detections of its own
+    forward, and the fixture prompt the official detections."""
+    fx, model = loaded
+    x = _exact_length(_inputs(fx))
+    keys = ("input_ids", "attention_mask", "positive_map")
+    first = {k: x[k] for k in keys}
+    # a second query: the prompt's first label only, a third: the fixture prompt padded to 256
+    second = {**first, "positive_map": first["positive_map"][:1]}
+    third = {k: v for k, v in _inputs(fx).items() if k in keys}
+    queries = [first, second, third]
+    members = [{"image_id": i, **q} for i, q in enumerate(queries)]
+    grouped = {"image": x["image"], "prompts": queries, "group": members}
+    output = model([grouped])[0]
+    parts = list(ungroup([grouped], [output]))
+    assert [m["image_id"] for m, _ in parts] == [0, 1, 2]
+    for member, out in parts:
+        alone = model([{"image": x["image"], **{k: member[k] for k in keys}}])[0]["instances"]
+        missing = unmatched_instances(alone, out["instances"], box_tol=1e-3, score_tol=2e-6)
+        assert len(alone) == len(out["instances"]) and not missing, member["image_id"]
+    ref = fx["detections"]
+    got = parts[0][1]["instances"]
+    missing = unmatched_detections(
+        ref["boxes_xyxy"],
+        ref["scores"],
+        ref["labels"],
+        got.pred_boxes.tensor,
+        got.scores,
+        got.pred_classes + 1,
+    )
+    assert not missing, missing[:3]

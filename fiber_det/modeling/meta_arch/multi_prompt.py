@@ -27,7 +27,6 @@ from ..backbone.fiber_backbone import TextState
 __all__ = [
     "TextStateCache",
     "merge_prompt_results",
-    "split_prompt_results",
     "split_prompts",
     "stack_text_states",
     "weights_version",
@@ -120,18 +119,6 @@ def split_prompts(x: Dict) -> List[Dict]:
     if prompts:
         return list(prompts)
     return [{k: x[k] for k in ("input_ids", "attention_mask", "positive_map")}]
-
-
-def split_prompt_results(merged: Instances, sizes: Sequence[int]) -> List[Instances]:
-    """Inverse of :func:`merge_prompt_results`: the detections of each prompt, labels back to
-    that prompt's own 0-based rows, in the merged (score) order."""
-    parts, offset = [], 0
-    for n in sizes:
-        part = merged[(merged.pred_classes >= offset) & (merged.pred_classes < offset + n)]
-        part.pred_classes = part.pred_classes - offset
-        parts.append(part)
-        offset += n
-    return parts
 
 
 def merge_prompt_results(parts: Sequence[Instances], sizes: Sequence[int]) -> Instances:
