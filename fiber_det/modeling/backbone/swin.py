@@ -14,7 +14,7 @@ Microsoft Swin release so that ImageNet and FIBER checkpoints map onto them one 
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,8 @@ class WindowAttention(nn.Module):
         """(num_heads, w*w, w*w) relative position bias."""
         n = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(n, n, -1).permute(2, 0, 1)
+        # contiguous, so that the attention mask built from it is too (SDPA copies it otherwise)
+        return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def forward(self, windows: Tensor, shift_mask: Tensor | None) -> Tensor:
         """Self-attention inside windows.
@@ -124,9 +125,15 @@ class WindowAttention(nn.Module):
         bias = self.relative_bias().unsqueeze(0)  # (1, nH, N, N)
         if shift_mask is not None:
             bias = bias + shift_mask.unsqueeze(1)  # (nW, nH, N, N)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
-        )
+        bias = bias.to(q.dtype)
+        dropout = self.attn_drop if self.training else 0.0
+        # One 4-D attention per image, windows as its batch: SDPA's fused kernels take 4-D
+        # inputs only (5-D falls back to the unfused path, which materialises the attention).
+        outs = [
+            F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=bias, dropout_p=dropout)
+            for i in range(b)
+        ]
+        out = outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)
         out = out.transpose(2, 3).reshape(b, nw, n, c)
         return self.proj_drop(self.proj(out))
 
@@ -156,6 +163,11 @@ class WindowAttention(nn.Module):
         )
         y = self.proj_drop_i2t(self.proj_i2t(y.transpose(1, 2).reshape(b, n_img, c)))
         return x + self.alpha_i2t * y
+
+
+#: Gather indices of a window partition: (src, pad_slots or None, inverse), see
+#: :func:`window_gather_index`.
+WindowIndex = Tuple[Tensor, Optional[Tensor], Tensor]
 
 
 class SwinBlock(nn.Module):
@@ -205,6 +217,7 @@ class SwinBlock(nn.Module):
         shift_mask: Tensor,
         text: Tensor | None = None,
         text_mask: Tensor | None = None,
+        window_index: WindowIndex | None = None,
     ) -> Tensor:
         """
         Args:
@@ -212,32 +225,60 @@ class SwinBlock(nn.Module):
             hw (tuple): (H, W).
             shift_mask (Tensor): (nW, N, N) mask for shifted windows of this resolution.
             text, text_mask: (B, T, D) text states and (B, T) bool mask, for fused blocks.
+            window_index (tuple, optional): :func:`window_gather_index` of this block's shift and
+                resolution (computed when not given).
         """
         h, w = hw
         b, _, c = x.shape
         ws = self.window_size
         shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
-        # Zero padding to whole windows happens after norm1 (padded tokens take part in attention).
-        pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if self.shift_size > 0:
-            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-        windows = windows.reshape(b, -1, ws * ws, c)
-        out = self.attn(windows, shift_mask if self.shift_size > 0 else None)
-        out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-        out = out.reshape(b, hp, wp, c)
-        if self.shift_size > 0:
-            out = torch.roll(out, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        out = out[:, :h, :w, :].reshape(b, h * w, c)
+        # Zero padding to whole windows happens after norm1 (padded tokens take part in
+        # attention); padding, the cyclic shift and the window partition are one gather.
+        if window_index is None:
+            window_index = window_gather_index(h, w, ws, self.shift_size, x.device)
+        src, pad_slots, inverse = window_index
+        windows = self.norm1(x).index_select(1, src)
+        if pad_slots is not None:
+            windows.index_fill_(1, pad_slots, 0.0)
+        out = self.attn(windows.view(b, -1, ws * ws, c), shift_mask if self.shift_size else None)
+        out = out.view(b, -1, c).index_select(1, inverse)  # back to token order, shift undone
         if self.fused:
             if text is None:
                 raise ValueError("a fused Swin block needs the text states (text=None given)")
             out = self.attn.image_to_text(out, text, text_mask)
         x = shortcut + _drop_path(out, self.drop_path, self.training)
         return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+def window_gather_index(
+    h: int, w: int, window: int, shift: int, device: torch.device
+) -> WindowIndex:
+    """The (shifted) window partition of an H x W token map as gather indices.
+
+    Swin zero-pads the map to whole windows, rolls it by ``-shift`` in both directions and cuts
+    it into windows; window slot (i, j, r, s) (window row and column, row and column inside the
+    window) then holds the token at padded coordinates ``((i w + r + shift) mod H_p,
+    (j w + s + shift) mod W_p)``, a zero where that is padding. One ``index_select`` with
+    ``src`` (then zeros at ``pad_slots``) does all of it; ``inverse`` (the slot of each token)
+    undoes it, the same values moved by one copy instead of three each way.
+
+    Returns:
+        src (Tensor): (nW * window^2,) token index of each slot (0 for padding slots).
+        pad_slots (Tensor or None): the padding slots, None without padding.
+        inverse (Tensor): (H * W,) slot of each token.
+    """
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    rows = (torch.arange(hp) + shift) % hp  # padded row read by each rolled row
+    cols = (torch.arange(wp) + shift) % wp
+    rows = rows.view(hp // window, 1, window, 1).expand(-1, wp // window, -1, window)
+    cols = cols.view(1, wp // window, 1, window).expand(hp // window, -1, window, -1)
+    rows, cols = rows.reshape(-1), cols.reshape(-1)
+    valid = (rows < h) & (cols < w)
+    src = torch.where(valid, rows * w + cols, 0)
+    inverse = torch.empty(h * w, dtype=torch.long)
+    inverse[src[valid]] = valid.nonzero().flatten()
+    pad_slots = (~valid).nonzero().flatten().to(device) if not valid.all() else None
+    return src.to(device), pad_slots, inverse.to(device)
 
 
 class PatchMerging(nn.Module):
@@ -268,6 +309,16 @@ class SwinStage(nn.Module):
         self.downsample = downsample
         self.window_size = blocks[0].window_size
         self._mask_cache: Dict[Tuple, Tensor] = {}
+        self._index_cache: Dict[Tuple, WindowIndex] = {}
+
+    def window_index(self, hw: Tuple[int, int], shift: int, device: torch.device) -> WindowIndex:
+        """:func:`window_gather_index` of this stage's windows at ``hw``, cached."""
+        key = (hw, shift, str(device))
+        if key not in self._index_cache:
+            if len(self._index_cache) > 2 * SHIFT_MASK_CACHE_SIZE:
+                self._index_cache.clear()
+            self._index_cache[key] = window_gather_index(*hw, self.window_size, shift, device)
+        return self._index_cache[key]
 
     def shift_mask(self, hw: Tuple[int, int], device: torch.device) -> Tensor:
         """(nW, N, N) mask: -100 between tokens from different regions of a shifted window."""
@@ -442,12 +493,13 @@ class FusionSwinTransformer(nn.Module):
         stage = self.layers[state.stage]
         blk = stage.blocks[state.block]
         mask = stage.shift_mask(state.hw, state.tokens.device)
+        index = stage.window_index(state.hw, blk.shift_size, state.tokens.device)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             x = activation_checkpoint.checkpoint(
-                blk, state.tokens, state.hw, mask, text, text_mask, use_reentrant=False
+                blk, state.tokens, state.hw, mask, text, text_mask, index, use_reentrant=False
             )
         else:
-            x = blk(state.tokens, state.hw, mask, text, text_mask)
+            x = blk(state.tokens, state.hw, mask, text, text_mask, index)
         if state.block + 1 < len(stage.blocks):
             return replace(state, tokens=x, block=state.block + 1)
         outputs = dict(state.outputs)

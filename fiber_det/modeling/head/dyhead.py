@@ -77,15 +77,27 @@ class ModulatedDeformConv3x3(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         self.norm = nn.GroupNorm(gn_groups, channels) if gn_groups else nn.Identity()
 
+    def resolved_impl(self, x: Tensor) -> str:
+        """The implementation used for ``x`` ("auto": grid_sample on CPU, torchvision on GPU)."""
+        if self.impl == "auto":
+            return "torchvision" if x.is_cuda else "grid_sample"
+        return self.impl
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """``x`` in the dtype and memory layout this conv reads: the parameters' dtype (fp32
+        under AMP: deform_conv2d has no autocast rule, and the official custom_fwd casts to
+        fp32), channels last for grid_sample on CPU. A feature read by several convs is
+        converted once; :meth:`forward` converts what is not prepared."""
+        x = x.to(self.weight.dtype)
+        if x.device.type == "cpu" and self.resolved_impl(x) == "grid_sample":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         """x (B, C, H, W); offset (B, 18, Ho, Wo) as (dy, dx) pairs; mask (B, 9, Ho, Wo)."""
-        # deform_conv2d has no autocast rule: run it in the parameters' dtype (fp32 under AMP, as
-        # the official custom_fwd(cast_inputs=float32) does).
         dtype = self.weight.dtype
-        x, offset, mask = x.to(dtype), offset.to(dtype), mask.to(dtype)
-        impl = self.impl
-        if impl == "auto":
-            impl = "torchvision" if x.is_cuda else "grid_sample"
+        x, offset, mask = self.prepare(x), offset.to(dtype), mask.to(dtype)
+        impl = self.resolved_impl(x)
         with torch.autocast(x.device.type, enabled=False):  # fp32 under AMP, as officially
             if impl == "grid_sample":
                 out = deform_conv3x3_grid_sample(
@@ -188,24 +200,28 @@ class DyHeadBlock(nn.Module):
     def forward(self, feats: List[Tensor]) -> List[Tensor]:
         """[(B, C, H_l, W_l)] for levels P3..P7 -> same shapes."""
         outs = []
+        dcn_in = [self.convs[1].prepare(f) for f in feats]  # each level is read by 3 convs
         for level, feature in enumerate(feats):
             offset, mask = self._offsets(feature)
-            parts = [self.convs[1](feature, offset, mask)]
+            parts = [self.convs[1](dcn_in[level], offset, mask)]
             if level > 0:
-                parts.append(self.convs[2](feats[level - 1], offset, mask))
+                parts.append(self.convs[2](dcn_in[level - 1], offset, mask))
             if level < len(feats) - 1:
-                coarse = feats[level + 1]
+                coarse = dcn_in[level + 1]
                 off_n, mask_n = self._next_level_offsets(offset, mask, coarse.shape[-2:])
                 y = self.convs[0](coarse, off_n, mask_n)
                 parts.append(
                     F.interpolate(y, size=feature.shape[-2:], mode="bilinear", align_corners=True)
                 )
-            stacked = torch.stack(parts)
-            if self.scale_attn is not None:
-                attn = torch.stack(
-                    [F.relu(self.scale_attn(p.mean(dim=(2, 3), keepdim=True))) for p in parts]
-                )
-                stacked = stacked * h_sigmoid(attn)
-            out = stacked.mean(dim=0)
+            if self.scale_attn is not None:  # scale-aware attention: one weight per level
+                parts = [
+                    p * h_sigmoid(F.relu(self.scale_attn(p.mean(dim=(2, 3), keepdim=True))))
+                    for p in parts
+                ]
+            # the mean of the levels, summed in order without stacking them (same values)
+            out = parts[0]
+            for p in parts[1:]:
+                out = out + p
+            out = out / len(parts)
             outs.append(self.dyrelu(out) if self.dyrelu is not None else F.relu(out))
         return outs
