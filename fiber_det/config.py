@@ -124,6 +124,11 @@ def _add_fusion_keys(cfg: CN) -> None:
     cfg.MODEL.FIBER.PROMPT_BATCH_SIZE = 8
     # Pre-fusion text states kept across images (LRU); 0 disables the cache.
     cfg.MODEL.FIBER.TEXT_CACHE_SIZE = 128
+    # torch.compile every Swin block, RoBERTa layer and the FPN (FIBERBackbone.compile_blocks) with
+    # COMPILE_BACKEND ("inductor"; a C++ compiler on CPU, Triton on GPU). Compiles at the first
+    # forward of each input size (minutes for FIBER-B); results equal eager to float rounding.
+    cfg.MODEL.FIBER.COMPILE_BACKBONE = False
+    cfg.MODEL.FIBER.COMPILE_BACKEND = "inductor"
 
 
 def _add_head_keys(cfg: CN) -> None:
