@@ -144,7 +144,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--skip-benchmark", action="store_true")
     p.add_argument(
-        "--benchmark-args", default="--size 512 --prompts 1 8 31 --repeats 5 --repeats-large 3"
+        "--benchmark-args",
+        default="--size 512 --prompts 8 31 --repeats 5 --repeats-large 3 --train-rounds 1",
     )
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -176,8 +177,6 @@ def main(argv=None):
             args.device,
             "--output",
             str(out / "benchmark.json"),
-            "--train-configs",
-            "fiber_b/official_parity_v2.yaml",
         ]
         bench.main(bench_args)
         log(f"benchmark done at {time.time() - start:.0f}s")

@@ -148,9 +148,13 @@ def _add_language_keys(cfg: CN) -> None:
     # Path to roberta-base weights (folder with model.safetensors / pytorch_model.bin, or a file)
     # loaded into the text encoder when MODEL.WEIGHTS is empty.
     cfg.MODEL.LANGUAGE.WEIGHTS = ""
-    # Token budget of a prompt. The official model always pads to 256 tokens (PAD_MAX).
+    # Token budget of a prompt (longer prompts are truncated with a warning).
     cfg.MODEL.LANGUAGE.MAX_QUERY_LEN = 256
-    cfg.MODEL.LANGUAGE.PAD_TO_MAX = True
+    # Pad every prompt to MAX_QUERY_LEN tokens, as the official model does (PAD_MAX). False pads
+    # only to the longest prompt of the batch: padded tokens are masked wherever they could
+    # matter, so the detections are the same (tests/modeling/test_official_parity.py) and a
+    # 12-token prompt does not pay for 256.
+    cfg.MODEL.LANGUAGE.PAD_TO_MAX = False
     # Freeze the whole text encoder (its fusion layers included).
     cfg.MODEL.LANGUAGE.FREEZE = False
     # Activation checkpointing of RoBERTa layers (training memory only).
@@ -180,6 +184,11 @@ def _add_fusion_keys(cfg: CN) -> None:
     cfg.MODEL.FIBER.PROMPT_BATCH_SIZE = 8
     # Pre-fusion text states kept across images (LRU); 0 disables the cache.
     cfg.MODEL.FIBER.TEXT_CACHE_SIZE = 128
+    # torch.compile every Swin block, RoBERTa layer and the FPN (FIBERBackbone.compile_blocks) with
+    # COMPILE_BACKEND ("inductor"; a C++ compiler on CPU, Triton on GPU). Compiles at the first
+    # forward of each input size (minutes for FIBER-B); results equal eager to float rounding.
+    cfg.MODEL.FIBER.COMPILE_BACKBONE = False
+    cfg.MODEL.FIBER.COMPILE_BACKEND = "inductor"
 
 
 def _add_head_keys(cfg: CN) -> None:
@@ -206,6 +215,9 @@ def _add_head_keys(cfg: CN) -> None:
     # "grid_sample" (same maths as grid_sample + matmul, faster on CPU), "auto" (grid_sample on
     # CPU, torchvision on CUDA). They agree to ~1e-5.
     cfg.MODEL.DYHEAD.DCN_IMPL = "auto"
+    # grid_sample DCN in training: keep only its inputs and recompute the sampled (9C, HW)
+    # columns in the backward pass (same gradients, a fraction of the memory); False keeps them.
+    cfg.MODEL.DYHEAD.DCN_RECOMPUTE = True
 
     cfg.MODEL.ATSS = CN()
     # Anchors: one per location, size = ANCHOR_SIZES[l] at stride ANCHOR_STRIDES[l] (P3-P7).
@@ -406,6 +418,14 @@ def _add_test_keys(cfg: CN) -> None:
     # COCO-O effective robustness needs the clean COCO val AP (points) of the same model and
     # prompt; < 0 takes it from a "coco" dataset evaluated in the same run (DATASETS.TEST).
     cfg.TEST.FIBER.COCO_O_CLEAN_AP = -1.0
+    # Grounding datasets (Flickr30k, RefCOCO/+/g, ...): the captions or expressions of one image
+    # form one model input with ``prompts`` (pre-fusion image part once, captions batched through
+    # the fused tail), split back into one record per caption: the same records as one forward per
+    # caption (False, the official protocol), less work.
+    cfg.TEST.FIBER.GROUP_BY_IMAGE = True
+    # Images per evaluation forward, batched only with images of the same padded size (same
+    # results as one by one). 0: auto, 1 on CPU (no gain) and 8 on GPU; 1: one image per forward.
+    cfg.TEST.FIBER.SIZE_BUCKET_BATCH = 0
 
 
 def _add_coarse_keys(cfg: CN) -> None:

@@ -147,7 +147,7 @@ class FIBERPredictor:
         augmentations: Sequence[T.Augmentation],
         input_format: str = "BGR",
         max_query_len: int = 256,
-        pad_to_max: bool = True,
+        pad_to_max: bool = False,
         chunk_size: int = -1,
         separator: str = ". ",
         batch_size: int = 4,

@@ -15,8 +15,9 @@ streams them with the sampler of ``DATALOADER.SAMPLER_TRAIN`` (:mod:`.samplers`)
 Whatever the sampler, each image's augmentation and prompt sampling are seeded by its stream
 position, so ``--resume`` continues with the batches of the uninterrupted run. Batching
 (aspect-ratio grouping, workers) is detectron2's ``build_batch_data_loader``.
-``build_fiber_test_loader(cfg, name)`` wraps ``build_detection_test_loader`` with batch size 1 by
-default (official evaluation).
+``build_fiber_test_loader(cfg, name)`` wraps ``build_detection_test_loader`` with batch size 1
+(official evaluation), or, with ``TEST.FIBER.GROUP_BY_IMAGE`` / ``SIZE_BUCKET_BATCH``, gives one
+input per image of a grounding dataset and batches of one padded size (:mod:`.grouping`, exact).
 """
 
 import logging
@@ -31,8 +32,10 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from .datasets.custom import CUSTOM_TRAIN, CUSTOM_VAL
+from .grouping import build_grouped_test_loader, evaluation_batch_size
 from .mapper import FIBERDatasetMapper
 from .samplers import MixedTrainingSampler, NegativeBatchFilter, PositionedSampler, SeededMapDataset
+from .transforms import build_fiber_augmentations
 
 __all__ = [
     "TRAIN_SAMPLERS",
@@ -264,20 +267,43 @@ def build_fiber_train_loader(
 
 
 def build_fiber_test_loader(
-    cfg, dataset_name: str, mapper: Optional[Callable] = None, batch_size: int = 1
+    cfg, dataset_name: str, mapper: Optional[Callable] = None, batch_size: Optional[int] = None
 ):
-    """The evaluation loader of one dataset (every image once, in order).
+    """The evaluation loader of one dataset (every image once).
 
     Args:
         cfg: config with the FIBER keys.
         dataset_name: a registered dataset.
         mapper: default :class:`FIBERDatasetMapper` (``is_train=False``).
-        batch_size: images per batch (official evaluation: 1; batching images of different sizes
-            changes the numbers, see ``FIBERDetector``).
+        batch_size: images per batch, batched only with images of the same padded size
+            (default ``TEST.FIBER.SIZE_BUCKET_BATCH``; official evaluation: 1).
+
+    With ``TEST.FIBER.GROUP_BY_IMAGE``, the queries of one image of a grounding dataset (Flickr30k
+    captions, RefCOCO expressions) come as one input with ``prompts``; the evaluators split its
+    output back into one record per query.
     """
     dicts = get_fiber_dataset_dicts([dataset_name], filter_empty=False)
     if mapper is None:
         mapper = FIBERDatasetMapper(cfg, False, dataset_names=[dataset_name])
-    return build_detection_test_loader(
-        dataset=dicts, mapper=mapper, batch_size=batch_size, num_workers=cfg.DATALOADER.NUM_WORKERS
+    if batch_size is None:
+        batch_size = evaluation_batch_size(cfg)
+    group = cfg.TEST.FIBER.GROUP_BY_IMAGE and _is_grounding(dataset_name, dicts)
+    if not group and batch_size == 1:
+        return build_detection_test_loader(
+            dataset=dicts, mapper=mapper, batch_size=1, num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
+    return build_grouped_test_loader(
+        dicts,
+        mapper,
+        group_images=group,
+        batch_size=batch_size,
+        augmentations=build_fiber_augmentations(cfg, False),
+        size_divisibility=cfg.MODEL.FIBER.SIZE_DIVISIBILITY,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
+
+
+def _is_grounding(dataset_name: str, dicts: List[Dict]) -> bool:
+    """Grounding data (captions with phrases), as the mapper decides it."""
+    fmt = MetadataCatalog.get(dataset_name).get("data_format", None)
+    return fmt == "grounding" if fmt is not None else "caption" in dicts[0]

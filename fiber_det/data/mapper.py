@@ -92,7 +92,7 @@ class FIBERDatasetMapper:
         tokenizer,
         image_format: str = "BGR",
         max_query_len: int = 256,
-        pad_to_max: bool = True,
+        pad_to_max: bool = False,
         plus_one: bool = True,
         separator: str = ". ",
         shuffle_categories: bool = True,

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -22,7 +22,35 @@ from detectron2.utils.logger import create_small_table
 from .checks import PREDICTION_CHECKS_KEY, check_prediction_records
 from .records import PREDICTIONS_FILE, RESULTS_FILE, atomic_save_json, atomic_torch_save
 
-__all__ = ["FIBEREvaluator", "RecordEvaluatorMixin", "format_metric_tables"]
+__all__ = ["FIBEREvaluator", "RecordEvaluatorMixin", "format_metric_tables", "ungroup"]
+
+# Key of an input that holds several dataset dicts of one image (fiber_det.data.grouping).
+GROUP_KEY = "group"
+
+
+def ungroup(
+    inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]
+) -> Iterator[Tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(input, output) pairs with every grouped input split into its members.
+
+    A grouped input (``fiber_det.data.grouping.ImageGroupMapper``) lists its member inputs in
+    ``group`` and their prompts in ``prompts``; the model labels the detections of prompt p with
+    its rows offset by the rows of prompts 0..p-1 (data contract section 3). Member p gets the
+    detections of its prompt with its own row indices, in the output's (score) order: what one
+    forward of that member alone returns.
+    """
+    for inp, out in zip(inputs, outputs):
+        members = inp.get(GROUP_KEY)
+        if not members:
+            yield inp, out
+            continue
+        inst, offset = out["instances"], 0
+        for member, prompt in zip(members, inp["prompts"]):
+            n = int(prompt["positive_map"].shape[0])
+            part = inst[(inst.pred_classes >= offset) & (inst.pred_classes < offset + n)]
+            part.pred_classes = part.pred_classes - offset
+            offset += n
+            yield member, {"instances": part}
 
 
 def format_metric_tables(results: Mapping[str, Mapping[str, float]]) -> str:
@@ -63,8 +91,9 @@ class RecordEvaluatorMixin:
         return kept
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]):
-        """Args: inputs, outputs: a batch of model inputs and outputs (data contract 2 and 3)."""
-        for inp, out in zip(inputs, outputs):
+        """Args: inputs, outputs: a batch of model inputs and outputs (data contract 2 and 3);
+        a grouped input gives one record per member (:func:`ungroup`)."""
+        for inp, out in ungroup(inputs, outputs):
             self._records.append(self.to_record(inp, out))
 
     def to_record(self, inp: Mapping[str, Any], output: Mapping[str, Any]) -> Dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 from detectron2.data import MetadataCatalog
 
-from .base import FIBEREvaluator
+from .base import FIBEREvaluator, ungroup
 from .records import contiguous_to_dataset_ids, detection_record, records_to_coco_results
 
 __all__ = [
@@ -282,7 +282,7 @@ class LVISEvaluator(FIBEREvaluator):
         top 300 of the record holding them); Fixed AP prunes to the top ``topk_per_category`` per
         category whenever the buffer grows large (:func:`prune_top_k_per_category`). The saved
         predictions are the pruned ones: enough to recompute the same mode offline."""
-        for inp, out in zip(inputs, outputs):
+        for inp, out in ungroup(inputs, outputs):
             rec = self.to_record(inp, out)
             if not self._use_fixed_ap:
                 rec["instances"] = _top_by_score(rec["instances"], self._max_dets)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling.backbone.fiber_backbone import TextState
-from ..modeling.head import dyhead
+from ..modeling.head import deform_conv
 from ..modeling.meta_arch.multi_prompt import stack_text_states
 
 __all__ = ["ExportableFIBER", "whole_image_dcn_tiles", "INPUT_NAMES", "OUTPUT_NAMES"]
@@ -50,12 +50,12 @@ OUTPUT_NAMES = ("boxes", "label_scores", "centerness")
 def whole_image_dcn_tiles() -> Iterator[None]:
     """Run the grid_sample DCN in one tile per image while tracing (the CPU row bands exist for
     cache locality in eager PyTorch; in a graph they would only multiply the nodes)."""
-    saved = dyhead.CPU_TILE_ELEMENTS
-    dyhead.CPU_TILE_ELEMENTS = 1 << 62
+    saved = deform_conv.CPU_TILE_ELEMENTS
+    deform_conv.CPU_TILE_ELEMENTS = 1 << 62
     try:
         yield
     finally:
-        dyhead.CPU_TILE_ELEMENTS = saved
+        deform_conv.CPU_TILE_ELEMENTS = saved
 
 
 class ExportableFIBER(nn.Module):

@@ -7,6 +7,7 @@ before the measurement, sampled every few milliseconds from ``/proc/self/statm``
 
 import os
 import platform
+import resource
 import statistics
 import threading
 import time
@@ -15,7 +16,20 @@ from typing import Callable, Dict, Iterator, List
 
 import torch
 
-__all__ = ["machine_description", "measure", "measure_interleaved", "peak_memory_mb", "rss_mb"]
+__all__ = [
+    "machine_description",
+    "matmul_probe",
+    "max_rss_mb",
+    "measure",
+    "measure_interleaved",
+    "op_table",
+    "peak_memory_mb",
+    "rss_mb",
+]
+
+#: Side of the square fp32 matmul whose speed gives the matmul bound (large enough to run at the
+#: BLAS library's peak, small enough to take a fraction of a second on 2 cores).
+MATMUL_PROBE_SIZE = 2048
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -94,6 +108,44 @@ def measure(
     """Median latency (s) of ``fn`` over ``repeats`` runs after ``warmup`` runs, and the peak
     memory (MB) of the timed runs."""
     return measure_interleaved({"fn": fn}, device, repeats, warmup)["fn"]
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB), from ``getrusage``."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_probe(device: torch.device, size: int = MATMUL_PROBE_SIZE):
+    """A function that runs one fp32 ``size``^3 matmul, and its multiply-adds.
+
+    Timed beside the model (:func:`measure_interleaved`), it gives the machine's matmul speed under
+    the same conditions: the model cannot run faster than its multiply-adds at that speed.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen)
+    b = torch.randn(size, size, device=device, generator=gen)
+    return (lambda: torch.mm(a, b)), float(size) ** 3
+
+
+def op_table(profile, limit: int = 25) -> List[Dict[str, object]]:
+    """The ops of a ``torch.profiler`` run by self time: name, self ms, share, calls."""
+    events = list(profile.key_averages())
+    key = (
+        "self_device_time_total"
+        if any(getattr(e, "self_device_time_total", 0) for e in events)
+        else "self_cpu_time_total"
+    )
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: -getattr(e, key))
+    return [
+        {
+            "op": e.key,
+            "self_ms": getattr(e, key) / 1e3,
+            "share": getattr(e, key) / total,
+            "calls": e.count,
+        }
+        for e in events[:limit]
+    ]
 
 
 def machine_description(device: torch.device) -> str:

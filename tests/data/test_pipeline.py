@@ -26,7 +26,9 @@ def test_mixed_detection_and_grounding_training_step(tmp_path, unique_name, tiny
     assert len(batch) == 3
     assert {x["source_dataset"] for x in batch} <= {det, grd}
     for x in batch:
-        assert x["instances"].positive_map.shape[1] == x["input_ids"].shape[0] == 64
+        # exact length (MODEL.LANGUAGE.PAD_TO_MAX False): no padding token
+        length = int(x["attention_mask"].sum())
+        assert x["instances"].positive_map.shape[1] == x["input_ids"].shape[0] == length
         assert x["instances"].positive_map.sum(dim=1).gt(0).all()
 
     model = build_model(cfg)

@@ -210,3 +210,54 @@ def test_mismatched_batches_are_a_clear_error(tiny_backbone):
     ids, mask = _text(batch=2)
     with pytest.raises(ValueError, match="batch of 3 images and 2 prompts"):
         tiny_backbone(torch.randn(3, 3, 64, 64), ids, mask)
+
+
+def _reference_windows(x, h, w, ws, shift):
+    """Swin's pad, roll and partition as written in the Swin release: (B, H*W, C) -> windows."""
+    b, _, c = x.shape
+    pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+    x = torch.nn.functional.pad(x.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))
+    hp, wp = h + pad_b, w + pad_r
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    return x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, c)
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (7, 9), (12, 5), (3, 3)])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_window_gather_index_is_pad_roll_and_partition(h, w, shift):
+    """The gather indices move exactly the values of Swin's pad + roll + partition, and the
+    inverse gather restores the token order (bitwise: a permutation with zeros)."""
+    from fiber_det.modeling.backbone.swin import window_gather_index
+
+    ws = 4
+    x = torch.randn(2, h * w, 3)
+    src, pad_slots, inverse = window_gather_index(h, w, ws, shift, x.device)
+    windows = x.index_select(1, src)
+    if pad_slots is not None:
+        windows.index_fill_(1, pad_slots, 0.0)
+    assert torch.equal(windows, _reference_windows(x, h, w, ws, shift))
+    assert torch.equal(windows.index_select(1, inverse), x)
+    assert (pad_slots is None) == (h % ws == 0 and w % ws == 0)
+
+
+@pytest.mark.slow  # dynamo traces every block: tens of seconds even for the tiny model
+def test_compiled_backbone_equals_eager(tokenizer_dir):
+    """MODEL.FIBER.COMPILE_BACKBONE compiles the blocks in place (parameter names kept) and
+    gives the eager outputs; "aot_eager" runs dynamo and AOT autograd without a C++ compiler."""
+    cfg = get_tiny_config(tokenizer_dir)
+    eager = build_backbone(cfg).eval()
+    _open_gates(eager)
+    cfg.MODEL.FIBER.COMPILE_BACKBONE = True
+    cfg.MODEL.FIBER.COMPILE_BACKEND = "aot_eager"
+    compiled = build_backbone(cfg).eval()
+    compiled.load_state_dict(eager.state_dict())  # same names: checkpoints load as before
+    assert compiled.body.layers[0].blocks[0]._compiled_call_impl is not None
+    images = torch.randn(1, 3, 64, 96)
+    ids, mask = _text()
+    with torch.no_grad():
+        ref, ref_text = eager(images, ids[:1], mask[:1])
+        got, got_text = compiled(images, ids[:1], mask[:1])
+    for a, b in zip(ref.values(), got.values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ref_text.hidden, got_text.hidden, atol=1e-5, rtol=1e-5)

@@ -149,29 +149,83 @@ def test_offset_reinterpretation_reads_flat_memory():
     assert r[1].flatten().tolist() == t[1].flatten()[:12].tolist()
 
 
+@pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("band_rows", [None, 3, 1])
 @pytest.mark.parametrize("size,stride", [((20, 24), 1), ((20, 24), 2), ((5, 7), 2), ((3, 3), 1)])
-def test_grid_sample_deform_conv_equals_torchvision(size, stride, band_rows):
+def test_grid_sample_deform_conv_equals_torchvision(size, stride, band_rows, recompute):
     """Values and gradients, with offsets large enough to leave the image; whole images and
-    cache-blocked bands of output rows (3 rows leaves an uneven last band)."""
+    cache-blocked bands of output rows (3 rows leaves an uneven last band); columns kept by
+    autograd or recomputed in the backward pass."""
     from torchvision.ops import deform_conv2d
 
-    from fiber_det.modeling.head.dyhead import deform_conv3x3_grid_sample
+    from fiber_det.modeling.head.deform_conv import deform_conv3x3_grid_sample
 
-    g = torch.Generator().manual_seed(7)
-    h, w = size
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    x = torch.randn(2, 8, h, w, generator=g, requires_grad=True)
-    off = (torch.randn(2, 18, ho, wo, generator=g) * 3).requires_grad_()
-    mask = torch.rand(2, 9, ho, wo, generator=g, requires_grad=True)
-    weight = torch.randn(6, 8, 3, 3, generator=g, requires_grad=True)
-    bias = torch.randn(6, generator=g, requires_grad=True)
-    inputs = (x, off, mask, weight, bias)
+    inputs, wo = _dcn_inputs(size, stride)
+    x, off, mask, weight, bias = inputs
     ref = deform_conv2d(x, off, weight, bias, stride=stride, padding=1, mask=mask)
     tile = None if band_rows is None else 8 * 9 * wo * band_rows
-    got = deform_conv3x3_grid_sample(x, off, mask, weight, bias, stride, tile_elements=tile)
+    got = deform_conv3x3_grid_sample(
+        x, off, mask, weight, bias, stride, tile_elements=tile, recompute=recompute
+    )
     assert torch.allclose(got, ref, atol=1e-4)
     grads_ref = torch.autograd.grad(ref.square().sum(), inputs)
     grads_got = torch.autograd.grad(got.square().sum(), inputs)
     for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads_got, grads_ref):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), name
+
+
+def _dcn_inputs(size, stride, channels=8):
+    g = torch.Generator().manual_seed(7)
+    h, w = size
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    x = torch.randn(2, channels, h, w, generator=g, requires_grad=True)
+    off = (torch.randn(2, 18, ho, wo, generator=g) * 3).requires_grad_()
+    mask = torch.rand(2, 9, ho, wo, generator=g, requires_grad=True)
+    weight = torch.randn(6, channels, 3, 3, generator=g, requires_grad=True)
+    bias = torch.randn(6, generator=g, requires_grad=True)
+    return (x, off, mask, weight, bias), wo
+
+
+@pytest.mark.parametrize("band_rows", [None, 2])
+@pytest.mark.parametrize("size,stride", [((20, 24), 1), ((9, 11), 2)])
+def test_deform_conv_recomputed_columns_give_the_same_output_and_gradients(size, stride, band_rows):
+    """The recomputing backward (DeformConv3x3Function) against autograd through the same tiles:
+    identical outputs, gradients equal up to float summation order (relative 1e-6)."""
+    from fiber_det.modeling.head.deform_conv import deform_conv3x3_grid_sample
+
+    inputs, wo = _dcn_inputs(size, stride, channels=16)
+    tile = None if band_rows is None else 16 * 9 * wo * band_rows
+    outs, grads = [], []
+    for recompute in (False, True):
+        out = deform_conv3x3_grid_sample(*inputs, stride, tile_elements=tile, recompute=recompute)
+        outs.append(out)
+        upstream = torch.linspace(-1, 1, out.numel()).view_as(out)  # non-uniform output grads
+        grads.append(torch.autograd.grad((out * upstream).sum(), inputs))
+    assert torch.equal(outs[0], outs[1])
+    for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads[1], grads[0]):
+        scale = b.abs().max()
+        assert (a - b).abs().max() <= 1e-6 * scale, name
+
+
+def test_deform_conv_recompute_keeps_no_columns_for_backward():
+    """What autograd keeps: the recomputing function saves only its inputs (no (9C, HW) column
+    tensor), the plain path saves the columns of every tile."""
+    from fiber_det.modeling.head.deform_conv import deform_conv3x3_grid_sample
+
+    inputs, _ = _dcn_inputs((20, 24), 1, channels=16)
+    x = inputs[0]
+    columns = 16 * 9 * 20 * 24
+
+    def saved_elements(recompute):
+        total = []
+
+        def pack(t):
+            total.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            deform_conv3x3_grid_sample(*inputs, 1, recompute=recompute)
+        return sum(total)
+
+    assert saved_elements(False) >= 2 * columns
+    assert saved_elements(True) < columns / 2 + x.numel()

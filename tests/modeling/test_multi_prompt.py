@@ -67,7 +67,7 @@ def test_batched_tail_logits_equal_single_prompt_logits(tiny_cfg, tokenizer):
                 assert (lb[j] - ls[0]).abs().max() < 1e-5
 
 
-def test_text_cache_reuses_prompts_across_images_and_is_cleared(tiny_cfg, tokenizer):
+def test_text_cache_reuses_prompts_across_images(tiny_cfg, tokenizer):
     model = _model(tiny_cfg, True)
     prompts = _prompts(tokenizer, [VOCAB[:4], VOCAB[4:]])
     with torch.no_grad():
@@ -75,13 +75,43 @@ def test_text_cache_reuses_prompts_across_images_and_is_cleared(tiny_cfg, tokeni
         assert (model.text_cache.misses, model.text_cache.hits) == (2, 0)
         model([{"image": torch.rand(3, 64, 96) * 255, "prompts": prompts}])
         assert (model.text_cache.misses, model.text_cache.hits) == (2, 2)
-    model.load_state_dict(model.state_dict())
-    assert len(model.text_cache) == 0  # new weights: cached states are stale
+        model.train()
+        model.eval()  # a mode change alone leaves the weights, hence the cache, valid
+        model([{"image": torch.rand(3, 64, 64) * 255, "prompts": prompts}])
+        assert (model.text_cache.misses, model.text_cache.hits) == (2, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # other dtype: other entries
+            model([{"image": torch.rand(3, 64, 64) * 255, "prompts": prompts}])
+        assert (model.text_cache.misses, model.text_cache.hits) == (4, 4)
+    with torch.enable_grad():  # with autograd (e.g. attribution), nothing comes from the cache
+        model([{"image": torch.rand(3, 64, 64) * 255, "prompts": prompts}])
+    assert (model.text_cache.misses, model.text_cache.hits) == (4, 4)
+
+
+def _weight_edits(model):
+    text = model.backbone.language
+    with torch.no_grad():  # in place, as an optimizer step or a manual edit does
+        yield "in-place edit", lambda: text.embeddings.word_embeddings.weight.mul_(1.5)
+        yield "pre-fusion layer edit", lambda: text.encoder.layer[0].output.dense.weight.mul_(3.0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["backbone.language.embeddings.LayerNorm.bias"] += 0.5
+    yield "load_state_dict", lambda: model.load_state_dict(state)
+
+
+def test_text_cache_is_invalidated_by_weight_changes(tiny_cfg, tokenizer):
+    """After each change of the text encoder's weights the cached path equals a model without
+    cache on the new weights (and differs from before the change: the edit matters)."""
+    cached, naive = _model(tiny_cfg, True), _model(tiny_cfg, False)
+    prompts = _prompts(tokenizer, [VOCAB[:4], VOCAB[4:]])
+    x = {"image": torch.rand(3, 64, 96) * 255, "prompts": prompts}
     with torch.no_grad():
-        model([{"image": torch.rand(3, 64, 64) * 255, "prompts": prompts}])
-    model.train()
-    assert len(model.text_cache) == 0
-    model.eval()
-    with torch.enable_grad():  # with autograd (e.g. attribution), nothing is cached
-        model([{"image": torch.rand(3, 64, 64) * 255, "prompts": prompts}])
-    assert len(model.text_cache) == 0
+        before = cached([x])[0]["instances"]
+    for name, edit in _weight_edits(cached):
+        edit()
+        naive.load_state_dict(cached.state_dict())
+        misses = cached.text_cache.misses
+        with torch.no_grad():
+            got, ref = cached([x])[0]["instances"], naive([x])[0]["instances"]
+        assert cached.text_cache.misses == misses + len(prompts), name
+        assert not unmatched_instances(ref, got, box_tol=1e-4, score_tol=1e-6), name
+        assert unmatched_instances(before, got, box_tol=1e-4, score_tol=1e-6), name
+        before = got

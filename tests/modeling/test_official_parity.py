@@ -19,7 +19,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from fiber_det.checkpoint import FIBERCheckpointer
-from fiber_det.utils.testing import get_config, unmatched_detections
+from fiber_det.evaluation.base import ungroup
+from fiber_det.utils.testing import get_config, unmatched_detections, unmatched_instances
 from tests.paths import parity_dir
 
 FIXTURES = sorted(glob.glob(str(parity_dir() / "fixtures" / "*.pt")))
@@ -177,3 +178,101 @@ def test_training_losses(loaded):
             continue
         ours = losses[name].item()
         assert math.isclose(ours, ref, rel_tol=1e-4), f"{name}: {ours} vs {ref}"
+
+
+def _exact_length(x):
+    """The fixture prompt without its padding (MODEL.LANGUAGE.PAD_TO_MAX False, the default)."""
+    n = int(x["attention_mask"].sum())
+    return {
+        **x,
+        "input_ids": x["input_ids"][:n],
+        "attention_mask": x["attention_mask"][:n],
+        "positive_map": x["positive_map"][:, :n],
+    }
+
+
+@torch.no_grad()
+def test_exact_length_prompt_gives_the_padded_outputs(loaded):
+    """Padded tokens are masked wherever they could matter: the prompt unpadded gives the
+    official 256-token outputs on its real tokens (float summation order apart: the attention
+    over 12 keys instead of 256), and the same detections."""
+    fx, model = loaded
+    padded = _inputs(fx)
+    exact = _exact_length(padded)
+    n = exact["input_ids"].numel()
+    assert n < padded["input_ids"].numel()
+    outs = []
+    for x in (padded, exact):
+        images = model.preprocess_image([x])
+        ids, mask = model.preprocess_text([x])
+        feats, text = model.backbone(images.tensor, ids, mask)
+        outs.append((feats, text, model.head(list(feats.values()), text)))
+    (feats_p, text_p, head_p), (feats_e, text_e, head_e) = outs
+    for a, b in zip(feats_p.values(), feats_e.values()):
+        assert (a - b).abs().max() < 5e-5
+    assert (text_p.hidden[:, :n] - text_e.hidden).abs().max() < 2e-5
+    for level in range(len(head_p.logits)):
+        assert head_e.logits[level].shape[-1] == n
+        assert (head_p.logits[level][..., :n] - head_e.logits[level]).abs().max() < 5e-5
+        assert (head_p.box_regression[level] - head_e.box_regression[level]).abs().max() < 2e-5
+        assert (head_p.centerness[level] - head_e.centerness[level]).abs().max() < 2e-5
+    a, b = model([padded])[0]["instances"], model([exact])[0]["instances"]
+    assert len(a) == len(b) == len(fx["detections"]["scores"])
+    assert not unmatched_instances(a, b, box_tol=1e-3, score_tol=2e-6)
+
+
+def test_exact_length_prompt_gives_the_padded_training_losses(loaded):
+    """The "no object" token sits at the last position of the 256-token budget: padding (masked)
+    for a 256-token prompt, absent for an exact-length one; the losses are the same."""
+    fx, model = loaded
+    t = fx["train_targets"]
+    losses = []
+    for x in (_inputs(fx), _exact_length(_inputs(fx))):
+        inst = Instances(tuple(fx["image_bgr_hwc_uint8"].shape[:2]))
+        inst.gt_boxes = Boxes(t["boxes_xyxy"])
+        inst.positive_map = t["positive_map"][:, : x["input_ids"].numel()]
+        model.train()
+        try:
+            with EventStorage(), torch.no_grad():
+                losses.append(model([{**x, "instances": inst}]))
+        finally:
+            model.eval()
+    for name, ref in fx["train_losses"].items():
+        if name in losses[0]:
+            assert math.isclose(losses[1][name].item(), ref, rel_tol=1e-4), name
+            assert math.isclose(losses[1][name].item(), losses[0][name].item(), rel_tol=1e-5)
+
+
+@torch.no_grad()
+def test_queries_grouped_by_image_give_one_forward_per_query(loaded):
+    """Flickr / RefCOCO evaluation with an image's queries in one input (cached multi-prompt
+    path, split back per query by the evaluators): each query gets the detections of its own
+    forward, and the fixture prompt the official detections."""
+    fx, model = loaded
+    x = _exact_length(_inputs(fx))
+    keys = ("input_ids", "attention_mask", "positive_map")
+    first = {k: x[k] for k in keys}
+    # a second query: the prompt's first label only, a third: the fixture prompt padded to 256
+    second = {**first, "positive_map": first["positive_map"][:1]}
+    third = {k: v for k, v in _inputs(fx).items() if k in keys}
+    queries = [first, second, third]
+    members = [{"image_id": i, **q} for i, q in enumerate(queries)]
+    grouped = {"image": x["image"], "prompts": queries, "group": members}
+    output = model([grouped])[0]
+    parts = list(ungroup([grouped], [output]))
+    assert [m["image_id"] for m, _ in parts] == [0, 1, 2]
+    for member, out in parts:
+        alone = model([{"image": x["image"], **{k: member[k] for k in keys}}])[0]["instances"]
+        missing = unmatched_instances(alone, out["instances"], box_tol=1e-3, score_tol=2e-6)
+        assert len(alone) == len(out["instances"]) and not missing, member["image_id"]
+    ref = fx["detections"]
+    got = parts[0][1]["instances"]
+    missing = unmatched_detections(
+        ref["boxes_xyxy"],
+        ref["scores"],
+        ref["labels"],
+        got.pred_boxes.tensor,
+        got.scores,
+        got.pred_classes + 1,
+    )
+    assert not missing, missing[:3]

@@ -68,22 +68,38 @@ def test_flop_bound_formula():
     assert multi_prompt_flop_bound(f, 3, text_cached=False) == pytest.approx(30 / 18)
 
 
-def test_benchmark_tool_quick(tmp_path, capsys):
+def _tool():
     spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "tools/benchmark.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_benchmark_tool_quick(tmp_path, capsys):
+    tool = _tool()
     out = tmp_path / "b.json"
     readme = tmp_path / "README.md"
     readme.write_text(
         "# T\n\nintro\n<!-- PERF:START -->\nstale table\n<!-- PERF:END -->\n\n## Next\n"
     )
-    args = ["--quick", "--skip-options", "--output", str(out), "--readme", str(readme)]
+    skip = ["--skip", "options", "train"]  # AMP is slow on CPU; training: test_train_worker
+    args = ["--quick", *skip, "--output", str(out), "--readme", str(readme)]
     assert tool.main(args) == 0
     res = json.loads(out.read_text())
-    assert all(v["identical"] for v in res["inference"]["identity"].values())
-    cached = [r for r in res["inference"]["rows"] if r["path"] == "cached" and r["prompts"] == 3]
-    assert cached and cached[0]["flop_bound"] > 1.0
-    assert "| path | prompts |" in capsys.readouterr().out
+    single = res["single"]
+    assert single["matmul"]["gmacs"] > 0
+    padded, exact = single["rows"][:2]
+    assert padded["tokens"] == 64 and exact["tokens"] == 12  # tiny budget 64: padded vs exact
+    assert exact["gmac"] < padded["gmac"] and 0 < exact["share"]
+    assert exact["bound_s"] == pytest.approx(exact["gmac"] / single["matmul"]["gmacs"])
+    assert all(v["identical"] for v in single["identity"].values())
+    grouped = res["grouped"]
+    assert grouped["captions"] == 5 and grouped["identity"]["identical"]
+    assert grouped["flop_bound"] > 1.0
+    assert res["multi_prompt"]["identity"]["3"]["identical"]  # JSON keys are strings
+    assert res["buckets"]["identity"]["identical"]
+    assert res["profiles"][0]["ops"] and 0 < res["profiles"][0]["ops"][0]["share"] <= 1
+    assert "| single prompt | tokens |" in capsys.readouterr().out
     assert res["command"].startswith("python tools/benchmark.py --quick")
 
     # the README section is generated from the run, replacing the old one and nothing else
@@ -98,14 +114,22 @@ def test_benchmark_tool_quick(tmp_path, capsys):
     assert readme.read_text() == text
 
 
+def test_train_worker_reports_step_time_and_peak_memory():
+    from fiber_det.utils.benchmark_sections import combine_train_runs, train_worker
+
+    spec = {"config": "tiny/fiber_tiny.yaml", "opts": [], "size": 64, "device": "cpu"}
+    r = train_worker({**spec, "repeats": 1})
+    assert len(r["times_s"]) == 1 and r["peak_rss_mb"] >= r["model_rss_mb"] > 0
+    rows = combine_train_runs([("a", r), ("a", {**r, "peak_rss_mb": 1e6})], size=64)
+    assert len(rows) == 1 and rows[0]["peak_rss_mb"] == 1e6 and len(rows[0]["times_s"]) == 2
+
+
 def test_benchmark_readme_errors(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "tools/benchmark.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool()
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
     result = tmp_path / "r.json"
-    result.write_text(json.dumps({"machine": "m", "inference": {}}))
+    result.write_text(json.dumps({"machine": "m", "config": "c"}))
     with pytest.raises(SystemExit, match="PERF:START"):
         tool.write_readme_section(str(readme), "x")
     assert readme.read_text() == "# no markers\n"  # untouched
@@ -164,3 +188,18 @@ def test_measure_interleaved_takes_turns():
     assert set(res) == {"slow", "fast"}
     assert all(len(r["times_s"]) == 3 for r in res.values())
     assert res["slow"]["median_s"] >= 0.03 > res["fast"]["median_s"]
+
+
+def test_amp_agreement_counts_detections_and_loss_differences(tokenizer):
+    """bf16 autocast vs fp32 on CPU: the comparison the benchmark reports (tiny model)."""
+    from fiber_det.utils.benchmark_sections import amp_agreement, benchmark_model, prompt_of_length
+
+    model, cfg = benchmark_model("tiny/fiber_tiny.yaml", torch.device("cpu"))
+    x = {"image": torch.rand(3, 64, 64) * 255, **prompt_of_length(tokenizer, 12)}
+    r = amp_agreement(model, cfg, x, torch.bfloat16, torch.device("cpu"))
+    assert r["dtype"] == "bfloat16" and not model.training
+    loose, tight = r["inference"]
+    assert loose["detections"] == 100  # threshold 0: the cap
+    assert 0 <= loose["unmatched"] <= tight["unmatched"] <= 100
+    assert set(r["training_rel_diff"]) == {"loss_dot_product_token", "loss_reg", "loss_centerness"}
+    assert all(0 <= v < 0.1 for v in r["training_rel_diff"].values())

@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 _STAGE_INDEX = {"res2": 0, "res3": 1, "res4": 2, "res5": 3}
 
+#: Token positions of the prompt-tuning offsets: the official ``tunable_linear`` is
+#: ``Linear(hidden, 1000)``, whose (1000, hidden) weight holds one learned offset per position
+#: (more than any prompt the text encoder accepts), so official checkpoints load as they are.
+PROMPT_TUNING_POSITIONS = 1000
+
 
 @dataclass
 class TextState:
@@ -122,7 +127,9 @@ class FIBERBackbone(Backbone):
         self._size_divisibility = size_divisibility
         self.mask_image_padding = mask_image_padding
         if use_prompt_tuning:
-            self.tunable_linear = nn.Linear(text_encoder.hidden_size, 1000, bias=False)
+            self.tunable_linear = nn.Linear(
+                text_encoder.hidden_size, PROMPT_TUNING_POSITIONS, bias=False
+            )
             nn.init.zeros_(self.tunable_linear.weight)
         else:
             self.tunable_linear = None
@@ -292,6 +299,25 @@ class FIBERBackbone(Backbone):
             self.encode_image(images), self.encode_text(input_ids, attention_mask), image_sizes
         )
 
+    def compile_blocks(self, backend: str = "inductor", **options) -> None:
+        """``torch.compile`` every Swin block, every RoBERTa layer and the FPN, in place.
+
+        These modules have a fixed graph for a given input size; the joint loop that hands the
+        states between them (and the split into pre-fusion and fused parts) stays in Python, so
+        the cached multi-prompt path is unchanged. ``nn.Module.compile`` keeps the parameter
+        names, so checkpoints load as before. Compilation happens at the first forward of each
+        input size (minutes for FIBER-B with inductor on CPU).
+
+        Args:
+            backend (str): ``torch.compile`` backend ("inductor"; "aot_eager" / "eager" compile
+                nothing, for debugging).
+            options: further ``torch.compile`` arguments (e.g. ``mode="max-autotune"``).
+        """
+        modules = [blk for stage in self.body.layers for blk in stage.blocks]
+        modules += list(self.language.encoder.layer) + [self.fpn]
+        for m in modules:
+            m.compile(backend=backend, **options)
+
     # -- helpers -------------------------------------------------------------------------------
     def _image_token_mask(
         self, state: SwinState, image_sizes: Sequence[Tuple[int, int]] | None
@@ -388,7 +414,7 @@ def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBack
         drop_block_prob=cfg.MODEL.FPN.DROP_BLOCK_PROB,
         drop_block_size=cfg.MODEL.FPN.DROP_BLOCK_SIZE,
     )
-    return FIBERBackbone(
+    backbone = FIBERBackbone(
         swin=swin,
         text_encoder=text_encoder_from_cfg(cfg, swin),
         fpn=fpn,
@@ -397,3 +423,6 @@ def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBack
         mask_image_padding=cfg.MODEL.FIBER.MASK_IMAGE_PADDING,
         use_prompt_tuning=cfg.MODEL.FIBER.USE_PROMPT_TUNING,
     )
+    if cfg.MODEL.FIBER.COMPILE_BACKBONE:
+        backbone.compile_blocks(cfg.MODEL.FIBER.COMPILE_BACKEND)
+    return backbone

@@ -14,7 +14,7 @@ Microsoft Swin release so that ImageNet and FIBER checkpoints map onto them one 
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ import torch.utils.checkpoint as activation_checkpoint
 from torch import Tensor, nn
 
 __all__ = ["FusionSwinTransformer", "SwinState"]
+
+#: Shifted-window masks kept per stage, one per feature-map size seen; an evaluation with many
+#: image sizes clears the cache beyond that instead of growing it without bound.
+SHIFT_MASK_CACHE_SIZE = 32
 
 
 def _drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
@@ -103,7 +107,8 @@ class WindowAttention(nn.Module):
         """(num_heads, w*w, w*w) relative position bias."""
         n = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(n, n, -1).permute(2, 0, 1)
+        # contiguous, so that the attention mask built from it is too (SDPA copies it otherwise)
+        return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def forward(self, windows: Tensor, shift_mask: Tensor | None) -> Tensor:
         """Self-attention inside windows.
@@ -120,9 +125,15 @@ class WindowAttention(nn.Module):
         bias = self.relative_bias().unsqueeze(0)  # (1, nH, N, N)
         if shift_mask is not None:
             bias = bias + shift_mask.unsqueeze(1)  # (nW, nH, N, N)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
-        )
+        bias = bias.to(q.dtype)
+        dropout = self.attn_drop if self.training else 0.0
+        # One 4-D attention per image, windows as its batch: SDPA's fused kernels take 4-D
+        # inputs only (5-D falls back to the unfused path, which materialises the attention).
+        outs = [
+            F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=bias, dropout_p=dropout)
+            for i in range(b)
+        ]
+        out = outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)
         out = out.transpose(2, 3).reshape(b, nw, n, c)
         return self.proj_drop(self.proj(out))
 
@@ -152,6 +163,11 @@ class WindowAttention(nn.Module):
         )
         y = self.proj_drop_i2t(self.proj_i2t(y.transpose(1, 2).reshape(b, n_img, c)))
         return x + self.alpha_i2t * y
+
+
+#: Gather indices of a window partition: (src, pad_slots or None, inverse), see
+#: :func:`window_gather_index`.
+WindowIndex = Tuple[Tensor, Optional[Tensor], Tensor]
 
 
 class SwinBlock(nn.Module):
@@ -196,6 +212,14 @@ class SwinBlock(nn.Module):
     def fused(self) -> bool:
         return self.attn.fused
 
+    def effective_shift(self, hw: Tuple[int, int]) -> int:
+        """The cyclic shift of this block for an (H, W) map: 0 for a map that fits in one
+        window when ``shift_single_window`` is False (classification Swin)."""
+        ws = self.window_size
+        if not self.shift_single_window and hw[0] <= ws and hw[1] <= ws:
+            return 0
+        return self.shift_size
+
     def forward(
         self,
         x: Tensor,
@@ -204,6 +228,7 @@ class SwinBlock(nn.Module):
         text: Tensor | None = None,
         text_mask: Tensor | None = None,
         fusion: bool = True,
+        window_index: WindowIndex | None = None,
     ) -> Tensor:
         """
         Args:
@@ -213,35 +238,86 @@ class SwinBlock(nn.Module):
             text, text_mask: (B, T, D) text states and (B, T) bool mask, for fused blocks.
             fusion (bool): False runs a fused block without its i2t cross-attention (the
                 uni-modal path of the coarse-grained model); ``text`` is then ignored.
+            window_index (tuple, optional): :func:`window_gather_index` of this block's shift and
+                resolution (computed when not given).
         """
         h, w = hw
         b, _, c = x.shape
         ws = self.window_size
-        shift = self.shift_size
-        if not self.shift_single_window and h <= ws and w <= ws:
-            shift = 0  # classification Swin: a map that fits in one window is not shifted
+        shift = self.effective_shift(hw)
         shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
-        # Zero padding to whole windows happens after norm1 (padded tokens take part in attention).
-        pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if shift > 0:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-        windows = windows.reshape(b, -1, ws * ws, c)
-        out = self.attn(windows, shift_mask if shift > 0 else None)
-        out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-        out = out.reshape(b, hp, wp, c)
-        if shift > 0:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        out = out[:, :h, :w, :].reshape(b, h * w, c)
+        # Zero padding to whole windows happens after norm1 (padded tokens take part in
+        # attention).
+        if torch.jit.is_tracing():  # ONNX export: the plain ops (same values as the gather)
+            out = self._attend_windows_reference(self.norm1(x), hw, shift, shift_mask)
+        else:
+            # padding, the cyclic shift and the window partition as one gather each way
+            if window_index is None:
+                window_index = window_gather_index(h, w, ws, shift, x.device)
+            src, pad_slots, inverse = window_index
+            windows = self.norm1(x).index_select(1, src)
+            if pad_slots is not None:
+                windows.index_fill_(1, pad_slots, 0.0)
+            out = self.attn(windows.view(b, -1, ws * ws, c), shift_mask if shift > 0 else None)
+            out = out.view(b, -1, c).index_select(1, inverse)  # token order, shift undone
         if self.fused and fusion:
             if text is None:
                 raise ValueError("a fused Swin block needs the text states (text=None given)")
             out = self.attn.image_to_text(out, text, text_mask)
         x = shortcut + _drop_path(out, self.drop_path, self.training)
         return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+    def _attend_windows_reference(
+        self, x: Tensor, hw: Tuple[int, int], shift: int, shift_mask: Tensor
+    ) -> Tensor:
+        """Window attention of (B, H*W, C) normalised tokens by pad, roll and partition (the
+        reference Swin ops; :func:`window_gather_index` is the same as one gather)."""
+        h, w = hw
+        b, _, c = x.shape
+        ws = self.window_size
+        pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+        x = F.pad(x.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))
+        hp, wp = h + pad_b, w + pad_r
+        if shift > 0:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        out = self.attn(windows.reshape(b, -1, ws * ws, c), shift_mask if shift > 0 else None)
+        out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(b, hp, wp, c)
+        if shift > 0:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        return out[:, :h, :w, :].reshape(b, h * w, c)
+
+
+def window_gather_index(
+    h: int, w: int, window: int, shift: int, device: torch.device
+) -> WindowIndex:
+    """The (shifted) window partition of an H x W token map as gather indices.
+
+    Swin zero-pads the map to whole windows, rolls it by ``-shift`` in both directions and cuts
+    it into windows; window slot (i, j, r, s) (window row and column, row and column inside the
+    window) then holds the token at padded coordinates ``((i w + r + shift) mod H_p,
+    (j w + s + shift) mod W_p)``, a zero where that is padding. One ``index_select`` with
+    ``src`` (then zeros at ``pad_slots``) does all of it; ``inverse`` (the slot of each token)
+    undoes it, the same values moved by one copy instead of three each way.
+
+    Returns:
+        src (Tensor): (nW * window^2,) token index of each slot (0 for padding slots).
+        pad_slots (Tensor or None): the padding slots, None without padding.
+        inverse (Tensor): (H * W,) slot of each token.
+    """
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    rows = (torch.arange(hp) + shift) % hp  # padded row read by each rolled row
+    cols = (torch.arange(wp) + shift) % wp
+    rows = rows.view(hp // window, 1, window, 1).expand(-1, wp // window, -1, window)
+    cols = cols.view(1, wp // window, 1, window).expand(hp // window, -1, window, -1)
+    rows, cols = rows.reshape(-1), cols.reshape(-1)
+    valid = (rows < h) & (cols < w)
+    src = torch.where(valid, rows * w + cols, 0)
+    inverse = torch.empty(h * w, dtype=torch.long)
+    inverse[src[valid]] = valid.nonzero().flatten()
+    pad_slots = (~valid).nonzero().flatten().to(device) if not valid.all() else None
+    return src.to(device), pad_slots, inverse.to(device)
 
 
 class PatchMerging(nn.Module):
@@ -272,6 +348,16 @@ class SwinStage(nn.Module):
         self.downsample = downsample
         self.window_size = blocks[0].window_size
         self._mask_cache: Dict[Tuple, Tensor] = {}
+        self._index_cache: Dict[Tuple, WindowIndex] = {}
+
+    def window_index(self, hw: Tuple[int, int], shift: int, device: torch.device) -> WindowIndex:
+        """:func:`window_gather_index` of this stage's windows at ``hw``, cached."""
+        key = (hw, shift, str(device))
+        if key not in self._index_cache:
+            if len(self._index_cache) > 2 * SHIFT_MASK_CACHE_SIZE:
+                self._index_cache.clear()
+            self._index_cache[key] = window_gather_index(*hw, self.window_size, shift, device)
+        return self._index_cache[key]
 
     def shift_mask(self, hw: Tuple[int, int], device: torch.device) -> Tensor:
         """(nW, N, N) mask: -100 between tokens from different regions of a shifted window."""
@@ -293,7 +379,7 @@ class SwinStage(nn.Module):
             win = region.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
             diff = win[:, None, :] - win[:, :, None]
             mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
-            if len(self._mask_cache) > 32:
+            if len(self._mask_cache) > SHIFT_MASK_CACHE_SIZE:
                 self._mask_cache.clear()
             self._mask_cache[key] = mask
         return self._mask_cache[key]
@@ -467,12 +553,21 @@ class FusionSwinTransformer(nn.Module):
         stage = self.layers[state.stage]
         blk = stage.blocks[state.block]
         mask = stage.shift_mask(state.hw, state.tokens.device)
+        index = stage.window_index(state.hw, blk.effective_shift(state.hw), state.tokens.device)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             x = activation_checkpoint.checkpoint(
-                blk, state.tokens, state.hw, mask, text, text_mask, fusion, use_reentrant=False
+                blk,
+                state.tokens,
+                state.hw,
+                mask,
+                text,
+                text_mask,
+                fusion,
+                index,
+                use_reentrant=False,
             )
         else:
-            x = blk(state.tokens, state.hw, mask, text, text_mask, fusion)
+            x = blk(state.tokens, state.hw, mask, text, text_mask, fusion, index)
         if state.block + 1 < len(stage.blocks):
             return replace(state, tokens=x, block=state.block + 1)
         outputs = dict(state.outputs)

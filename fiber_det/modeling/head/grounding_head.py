@@ -65,6 +65,7 @@ class FIBERGroundingHead(nn.Module):
         log_scale (float): initial log temperature of the logits.
         use_checkpoint (bool): activation checkpointing of the tower in training.
         dcn_impl (str): deformable conv implementation ("auto", "torchvision", "grid_sample").
+        dcn_recompute (bool): grid_sample DCN recomputes its columns in the backward pass.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class FIBERGroundingHead(nn.Module):
         log_scale: float = 0.0,
         use_checkpoint: bool = False,
         dcn_impl: str = "auto",
+        dcn_recompute: bool = True,
     ):
         super().__init__()
         self.tower = nn.ModuleList(
@@ -94,6 +96,7 @@ class FIBERGroundingHead(nn.Module):
                 use_deform=use_deform,
                 emulate_offset_quirk=emulate_offset_quirk,
                 dcn_impl=dcn_impl,
+                dcn_recompute=dcn_recompute,
             )
             for _ in range(num_convs)
         )

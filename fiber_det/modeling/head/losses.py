@@ -4,8 +4,10 @@ Reproduces ``ATSSLossComputation`` of the official code (``modeling/rpn/loss.py`
 dot-product token loss (the only classification loss FIBER trains):
 
 * token targets: the positive-map row of the matched GT; unmatched anchors get a one-hot on the
-  last token position (the official "no object" token; it is padding, so masked out, unless the
-  prompt fills the whole token budget); the focal loss is summed over anchors x real tokens;
+  last position of the token budget (the official "no object" token at ``MAX_QUERY_LEN - 1``: with
+  prompts padded to the budget it is padding, so masked out, unless the prompt fills the whole
+  budget; with prompts padded only to the longest of the batch it is then absent, which gives the
+  same loss); the focal loss is summed over anchors x real tokens;
 * normalisation by the number of positive anchors averaged over GPUs (at least 1);
 * GIoU on decoded boxes (no "+1"), weighted by the centerness targets and normalised by their
   GPU-averaged sum, times ``reg_weight`` (2);
@@ -89,6 +91,8 @@ class FIBERLoss:
         focal_alpha, focal_gamma (float): token focal loss parameters.
         reg_weight, centerness_weight, token_weight (float): loss weights.
         plus_one (bool): legacy IoU in the ATSS assignment.
+        max_query_len (int): the token budget (``MODEL.LANGUAGE.MAX_QUERY_LEN``); its last
+            position is the "no object" token.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class FIBERLoss:
         centerness_weight: float = 1.0,
         token_weight: float = 1.0,
         plus_one: bool = True,
+        max_query_len: int = 256,
     ):
         self.box_coder = box_coder
         self.topk = topk
@@ -110,6 +115,7 @@ class FIBERLoss:
         self.reg_weight = reg_weight
         self.centerness_weight = centerness_weight
         self.token_weight = token_weight
+        self.no_object_token = max_query_len - 1
         self.plus_one = plus_one
 
     def __call__(
@@ -149,7 +155,8 @@ class FIBERLoss:
             if boxes.shape[0]:
                 pmap = (gt_positive_maps[i] > 0).to(target.dtype)
                 target[pos] = pmap[matched[pos]]
-            target[~pos, -1] = 1.0  # official "no object" token, masked unless it is a real token
+            if self.no_object_token < num_tokens:  # else beyond the prompts: masked anyway
+                target[~pos, self.no_object_token] = 1.0
             token_targets.append(target)
             matched_boxes = boxes[matched.clamp(min=0)] if boxes.shape[0] else boxes.new_zeros(0, 4)
             reg_targets.append(self.box_coder.encode(matched_boxes, all_anchors))

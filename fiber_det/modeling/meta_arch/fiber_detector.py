@@ -44,7 +44,13 @@ from ..head.boxes import BoxCoder, make_anchors
 from ..head.grounding_head import FIBERGroundingHead, HeadOutputs
 from ..head.inference import Detections, PostProcessor
 from ..head.losses import FIBERLoss
-from .multi_prompt import TextStateCache, merge_prompt_results, split_prompts, stack_text_states
+from .multi_prompt import (
+    TextStateCache,
+    merge_prompt_results,
+    split_prompts,
+    stack_text_states,
+    weights_version,
+)
 
 __all__ = ["FIBERDetector"]
 
@@ -102,7 +108,6 @@ class FIBERDetector(nn.Module):
         self.cached_multi_prompt = cached_multi_prompt
         self.prompt_batch_size = max(1, int(prompt_batch_size))
         self.text_cache = TextStateCache(text_cache_size)
-        self.register_load_state_dict_post_hook(lambda module, keys: module.text_cache.clear())
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         strides = [s.stride for s in backbone.output_shape().values()]
@@ -130,6 +135,7 @@ class FIBERDetector(nn.Module):
             log_scale=dy.LOG_SCALE,
             use_checkpoint=dy.USE_CHECKPOINT,
             dcn_impl=dy.DCN_IMPL,
+            dcn_recompute=dy.DCN_RECOMPUTE,
         )
         if dy.CHANNELS != cfg.MODEL.FPN.OUT_CHANNELS:
             raise ValueError(
@@ -149,6 +155,7 @@ class FIBERDetector(nn.Module):
                 centerness_weight=atss.CENTERNESS_LOSS_WEIGHT,
                 token_weight=atss.TOKEN_LOSS_WEIGHT,
                 plus_one=plus_one,
+                max_query_len=cfg.MODEL.LANGUAGE.MAX_QUERY_LEN,
             ),
             "postprocessor": PostProcessor.from_config(cfg),
             "anchor_sizes": atss.ANCHOR_SIZES,
@@ -321,21 +328,28 @@ class FIBERDetector(nn.Module):
         return {"instances": merge_prompt_results(parts, sizes)}
 
     def _prompt_text_state(self, prompt: Dict) -> TextState:
-        """Pre-fusion text state of one prompt, from the cache when weights are fixed."""
+        """Pre-fusion text state of one prompt, from the cache when nothing needs its graph and
+        the text encoder's weights are those the cached state was computed with."""
         ids = prompt["input_ids"].reshape(1, -1).to(self.device)
         mask = prompt["attention_mask"].reshape(1, -1).to(self.device)
-        cacheable = not self.training and not torch.is_grad_enabled()
-        key = TextStateCache.key(ids, mask) if cacheable else None
-        state = self.text_cache.get(key) if cacheable else None
+        cacheable = not self.training and not torch.is_grad_enabled()  # eval: no dropout
+        if not cacheable:
+            return self.backbone.encode_text(ids, mask)
+        self.text_cache.validate(weights_version(self._text_encoder_tensors()))
+        key = TextStateCache.key(ids, mask)
+        state = self.text_cache.get(key)
         if state is None:
             state = self.backbone.encode_text(ids, mask)
-            if cacheable:
-                self.text_cache.put(key, state)
+            self.text_cache.put(key, state)
         return state
 
-    def train(self, mode: bool = True) -> "FIBERDetector":
-        self.text_cache.clear()  # cached text states are only valid for fixed weights
-        return super().train(mode)
+    def _text_encoder_tensors(self) -> List[Tensor]:
+        """Every tensor :meth:`FIBERBackbone.encode_text` reads (the whole text encoder)."""
+        tensors = list(self.backbone.language.parameters())
+        tensors += list(self.backbone.language.buffers())
+        if self.backbone.tunable_linear is not None:
+            tensors.append(self.backbone.tunable_linear.weight)
+        return tensors
 
     @staticmethod
     def to_instances(

@@ -16,7 +16,7 @@ only because its fusion starts after it.
 """
 
 from collections import OrderedDict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from detectron2.structures import Instances
@@ -24,29 +24,59 @@ from torch import Tensor
 
 from ..backbone.fiber_backbone import TextState
 
-__all__ = ["TextStateCache", "stack_text_states", "split_prompts"]
+__all__ = [
+    "TextStateCache",
+    "merge_prompt_results",
+    "split_prompts",
+    "stack_text_states",
+    "weights_version",
+]
+
+
+def weights_version(tensors: Iterable[Tensor]) -> Tuple:
+    """A cheap token that changes whenever one of ``tensors`` is modified or replaced: each
+    tensor's storage address and version counter (``Tensor._version``, bumped by every in-place
+    operation: ``load_state_dict``, optimizer steps, ``with torch.no_grad(): p.mul_(2)``).
+
+    Edits through ``p.data`` bypass the version counter, as they bypass autograd.
+    """
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 class TextStateCache:
-    """LRU cache of pre-fusion text states, keyed by the prompt's tokens.
+    """LRU cache of pre-fusion text states, keyed by the prompt's tokens and the dtype state.
 
-    Only used without autograd and in eval mode; cleared when the model's weights or mode change.
+    The entries are only valid for the weights they were computed with: :meth:`validate` is
+    given the current :func:`weights_version` of the text encoder and drops every entry when it
+    changed, so a load, an optimizer step or an in-place edit of the weights never serves a
+    stale state. Used without autograd only (a cached state has no graph).
     """
 
     def __init__(self, capacity: int = 128):
         self.capacity = capacity
         self._store: OrderedDict[Tuple, TextState] = OrderedDict()
+        self._version: Tuple | None = None
         self.hits = 0
         self.misses = 0
 
     @staticmethod
     def key(input_ids: Tensor, attention_mask: Tensor) -> Tuple:
+        """The real tokens, the padded length, the device and the autocast dtype (if any)."""
         n = int(attention_mask.sum())
+        device = input_ids.device.type
+        amp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         return (
             tuple(input_ids.reshape(-1)[:n].tolist()),
             int(input_ids.numel()),
             str(input_ids.device),
+            amp,
         )
+
+    def validate(self, version: Tuple) -> None:
+        """Drop every entry if the weights' version changed since they were cached."""
+        if version != self._version:
+            self._store.clear()
+            self._version = version
 
     def get(self, key: Tuple):
         state = self._store.get(key)
