@@ -221,3 +221,10 @@ def test_train_net_eval_only_evaluates_a_coarse_checkpoint(case, tmp_path):
     for task in ("itc", "itm"):
         assert_metrics_equal(results[task], expected[task])
     assert (tmp_path / "eval" / "inference" / name / "scores_itm.safetensors").is_file()
+
+
+def test_an_unreadable_test_image_is_an_error_naming_it(case, tmp_path):
+    cfg, name, model = case
+    (tmp_path / "images" / "2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match=r"2\.jpg"):
+        build_evaluator(cfg, name).evaluate_model(model)
