@@ -7,7 +7,7 @@ coarse-grained fixtures (shared/parity/coarse/*.pt), as the README's stage-1 par
 Runs that test file under pytest, recording every value its ``_max_diff`` (features, similarities,
 weights, logits: max abs diff) and ``_assert_loss`` (losses: relative difference) compare, then
 prints one row per compared quantity (the worst over the fixtures). Needs the parity fixtures
-(``$FIBER_PARITY_DIR`` or ``../shared/parity``) and about 3 GB of memory.
+(``$FIBER_PARITY_DIR`` or ``../shared/parity``).
 """
 
 import inspect
