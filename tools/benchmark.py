@@ -6,6 +6,7 @@
     python tools/benchmark.py --quick                           # tiny model, seconds
     python tools/benchmark.py --from-json output/benchmark/*.json --readme README.md
     python tools/benchmark.py --onnx 512x512 800x1216            # onnxruntime vs PyTorch only
+    python tools/benchmark.py --coarse                  # stage 1: ITC / ITM (cached vs full) only
 
 The last form measures nothing: it regenerates the README's performance section (between
 ``<!-- PERF:START -->`` and ``<!-- PERF:END -->``) from saved results, one subsection per run.
@@ -32,6 +33,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from fiber_det.utils.benchmark import machine_description, measure, measure_interleaved
+from fiber_det.utils.benchmark_coarse import COARSE_CONFIGS, bench_coarse, format_coarse_report
 from fiber_det.utils.flops import component_flops, multi_prompt_flop_bound
 from fiber_det.utils.io import atomic_open, atomic_write_json, refuse_overwriting_inputs_or_exit
 from fiber_det.utils.testing import (
@@ -94,6 +96,14 @@ def parse_args(argv=None):
         "and one prompt at these sizes (fiber_det/export/benchmark.py)",
     )
     p.add_argument(
+        "--coarse",
+        nargs="*",
+        metavar="CONFIG",
+        help="measure only the coarse model (stage 1) of these configs, default FIBER-B coarse "
+        "at 384 and tiny (fiber_det/utils/benchmark_coarse.py); --pairs: captions per ITM call",
+    )
+    p.add_argument("--pairs", type=int, default=8, help="with --coarse: captions per ITM call")
+    p.add_argument(
         "--onnx-fixed", action="store_true", help="with --onnx: also a fixed-vocabulary graph"
     )
     return p.parse_args(argv)
@@ -117,6 +127,21 @@ def run_onnx(args) -> int:
     atomic_write_json(result, args.output)
     print(f"\nwrote {args.output}")
     return 0 if all(r["identical"] for r in rows) else 1
+
+
+def run_coarse(args) -> int:
+    """``--coarse``: ITC / ITM rows of the coarse model (fiber_det.utils.benchmark_coarse)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    configs = args.coarse or (["tiny/coarse_tiny.yaml"] if args.quick else list(COARSE_CONFIGS))
+    results = [bench_coarse(c, device, pairs=args.pairs, repeats=args.repeats) for c in configs]
+    report = f"Machine: {machine_description(device)}\n\n" + format_coarse_report(results)
+    print(report)
+    command = "python tools/benchmark.py " + " ".join(sys.argv[1:])
+    atomic_write_json({"command": command, "coarse": results, "report": report}, args.output)
+    print(f"\nwrote {args.output}")
+    return 0
 
 
 def _model(config_file, device, opts=()):
@@ -448,6 +473,8 @@ def main(argv=None) -> int:
         args.repeats, args.train_configs, args.train_size = 1, ["tiny/fiber_tiny.yaml"], 128
     if args.onnx:
         return run_onnx(args)
+    if args.coarse is not None:
+        return run_coarse(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
