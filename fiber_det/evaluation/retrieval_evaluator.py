@@ -220,9 +220,11 @@ class RetrievalEvaluator(DatasetEvaluator):
     def _itm(self, model, loader, rows, ids, mask, itc, topk) -> Optional[Tuple[Tensor, Tensor]]:
         """Second pass: the ITM (i2t, t2i) matrices (I, T) on the main process."""
         images = (_stack_images(batch) for batch in loader)
-        scores = model.itm_retrieval_scores(
-            images, ids, mask, itc=itc.to(model.device), topk=topk, image_rows=rows
-        )
+        if topk:  # the candidates come from the whole ITC matrix, rows say which are ours
+            kwargs = {"itc": itc.to(model.device), "image_rows": rows}
+        else:
+            kwargs = {}
+        scores = model.itm_retrieval_scores(images, ids, mask, topk=topk, **kwargs)
         i2t = scores.i2t.cpu()
         t2i = None if scores.t2i is scores.i2t else scores.t2i.cpu()
         gathered = comm.gather((rows, i2t, t2i), dst=0)
