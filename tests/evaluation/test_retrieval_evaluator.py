@@ -142,6 +142,8 @@ def test_itc_topk_reranking_gives_two_score_files(case):
         tool.main(["--scores", tr_file])
     tool.main(["--scores", tr_file, "--ir-scores", ir_file, "--output", f"{out}/o.json"])
     assert_metrics_equal(json.load(open(f"{out}/o.json"))["metrics"], expected)
+    with pytest.raises(SystemExit, match="is --ir-scores itself"):
+        tool.main(["--scores", tr_file, "--ir-scores", ir_file, "--output", ir_file])
     other = f"{out}/other.safetensors"  # same shape, other texts
     save_retrieval_scores(other, i2t.nan_to_num(neginf=0.0), sorted(txt2img, reverse=True), {})
     with pytest.raises(SystemExit, match="not from the evaluation"):
