@@ -286,6 +286,10 @@ def _add_coarse_data_keys(cfg: CN) -> None:
     # datasets enumerate image-caption pairs; weights the sources like the official mix) or
     # "image" (once). Used as RepeatFactorTrainingSampler factors (pair_repeat_factors).
     cfg.DATASETS.COARSE.SAMPLE_BY = "caption"
+    cfg.TEST.COARSE = CN()
+    # Images per batch in retrieval evaluation (fiber_det.evaluation.RetrievalEvaluator; the
+    # scores do not depend on it).
+    cfg.TEST.COARSE.IMS_PER_BATCH = 32
 
 
 def _add_solver_keys(cfg: CN) -> None:

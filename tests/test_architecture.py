@@ -13,6 +13,7 @@ ALLOWED = {
     "utils.io": set(),
     "utils.benchmark": set(),
     "utils.flops": {"modeling"},
+    "utils.benchmark_coarse": {"modeling", "utils.benchmark", "utils.flops", "utils.testing"},
     "utils.testing": {"config", "text"},
     "model_zoo": set(),
     "modeling": {"utils.io"},

@@ -6,6 +6,7 @@
     python tools/benchmark.py --skip train profile  # leave sections out
     python tools/benchmark.py --from-json output/benchmark/*.json --readme README.md
     python tools/benchmark.py --onnx 512x512 800x1216     # onnxruntime vs PyTorch only
+    python tools/benchmark.py --coarse                    # stage 1: ITC / ITM (cached vs full)
 
 Sections (each timed in turns with what it is compared to, ``measure_interleaved``):
 
@@ -40,6 +41,7 @@ import torch
 
 from fiber_det.export.benchmark import bench_onnx, format_onnx_rows, parse_size
 from fiber_det.utils.benchmark import machine_description
+from fiber_det.utils.benchmark_coarse import COARSE_CONFIGS, bench_coarse, format_coarse_report
 from fiber_det.utils.benchmark_report import format_report, readme_section, write_readme_section
 from fiber_det.utils.benchmark_sections import (
     bench_buckets,
@@ -100,6 +102,14 @@ def parse_args(argv=None):
     p.add_argument(
         "--onnx-fixed", action="store_true", help="with --onnx: also a fixed-vocabulary graph"
     )
+    p.add_argument(
+        "--coarse",
+        nargs="*",
+        metavar="CONFIG",
+        help="measure only the coarse model (stage 1) of these configs, default FIBER-B coarse "
+        "at 384 and tiny (fiber_det/utils/benchmark_coarse.py); --pairs: captions per ITM call",
+    )
+    p.add_argument("--pairs", type=int, default=8, help="with --coarse: captions per ITM call")
     p.add_argument("--train-worker", help=argparse.SUPPRESS)  # JSON spec of one training run
     return p.parse_args(argv)
 
@@ -145,6 +155,19 @@ def bench_train(args, device):
                 raise RuntimeError(f"training worker {name!r} failed:\n{proc.stderr[-3000:]}")
             runs.append((name, json.loads(line[-1][len(RESULT_PREFIX) :])))
     return combine_train_runs(runs, size=args.train_size)
+
+
+def run_coarse(args) -> int:
+    """``--coarse``: ITC / ITM rows of the coarse model (fiber_det.utils.benchmark_coarse)."""
+    device = torch.device(args.device)
+    configs = args.coarse or (["tiny/coarse_tiny.yaml"] if args.quick else list(COARSE_CONFIGS))
+    results = [bench_coarse(c, device, pairs=args.pairs, repeats=args.repeats) for c in configs]
+    report = f"Machine: {machine_description(device)}\n\n" + format_coarse_report(results)
+    print(report)
+    command = "python tools/benchmark.py " + " ".join(args.argv)
+    atomic_write_json({"command": command, "coarse": results, "report": report}, args.output)
+    print(f"\nwrote {args.output}")
+    return 0
 
 
 def _quick(args):
@@ -238,6 +261,8 @@ def main(argv=None) -> int:
         _quick(args)
     if args.onnx:
         return run_onnx(args)
+    if args.coarse is not None:
+        return run_coarse(args)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = not args.no_tf32

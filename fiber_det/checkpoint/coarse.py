@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.io import load_torch_file
+from .official import CheckpointError
 from .pretrained import LoadReport, _resize_bias_table
 
 __all__ = [
@@ -74,6 +75,23 @@ _SKIP_OTHER = "not in this model (other architecture or fusion layout)"
 def is_coarse_state_dict(keys) -> bool:
     """True for a coarse-grained FIBER state_dict (``vit_model.*`` / ``text_transformer.*``)."""
     return any(k.replace("module.", "", 1).startswith((_SWIN, _TEXT)) for k in keys)
+
+
+# Keys of METER (Dou et al., CVPR 2022; FIBER's stage 1 grew from it), which shares the coarse
+# model's prefixes (vit_model., text_transformer., cross_modal_*) but not its architecture.
+_METER_KEYS = ("vit_model.visual.", "cross_modal_image_layers.", "cross_modal_text_layers.")
+
+
+def refuse_meter_state_dict(sd: Mapping[str, Tensor], source: str) -> None:
+    """Raise a ``CheckpointError`` naming METER for a METER state_dict (shared key prefixes)."""
+    found = [k for k in sd if k.startswith(_METER_KEYS)]
+    if found:
+        raise CheckpointError(
+            f"{source}: a METER-style checkpoint ({len(found)} keys such as {found[:2]}: a CLIP "
+            "ViT vit_model.visual.* and co-attention layers cross_modal_image_layers.*), not a "
+            "coarse-grained FIBER one (Swin vit_model.layers.* with fusion in the backbone): use "
+            "a FIBER coarse file (fiber_pretrain.ckpt) or train stage 1 (README, Stage 1)"
+        )
 
 
 def to_official_coarse_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
@@ -202,6 +220,7 @@ def convert_coarse_state_dict(
         size are resized; any other shape mismatch is an error.
     """
     state = _strip_module(state)
+    refuse_meter_state_dict(state, source)
     inner = model.module if hasattr(model, "module") else model
     swin_own = inner.backbone.body.state_dict()
     text_own = inner.backbone.language.state_dict()

@@ -34,6 +34,7 @@ from .coarse import (
     convert_coarse_state_dict,
     is_coarse_state_dict,
     is_fiber_det_coarse_state_dict,
+    refuse_meter_state_dict,
     to_official_coarse_state_dict,
 )
 from .official import CheckpointError, ConversionReport, is_official_state_dict, unwrap_state_dict
@@ -151,6 +152,7 @@ def convert_official_coarse_state_dict(
             f"{source}: not a coarse-grained FIBER checkpoint (no vit_model.* / "
             f"text_transformer.* keys); first keys: {list(sd)[:3]}"
         )
+    refuse_meter_state_dict(sd, source)
     own = _model_state(model)
     report = CoarseConversionReport(source, had_prefix)
     out: Dict[str, Tensor] = {}

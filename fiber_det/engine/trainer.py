@@ -290,9 +290,12 @@ class Trainer(TrainerBase):
             raise ValueError(f"{len(evaluators)} evaluators for {len(names)} DATASETS.TEST")
         results = OrderedDict()
         for i, name in enumerate(names):
-            loader = cls.build_test_loader(cfg, name)
             evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
-            results[name] = inference_on_dataset(model, loader, evaluator)
+            if hasattr(evaluator, "evaluate_model"):  # retrieval: its own loop over all pairs
+                results[name] = evaluator.evaluate_model(model)
+            else:
+                loader = cls.build_test_loader(cfg, name)
+                results[name] = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
                 logger.info("Evaluation results for %s in csv format:", name)
                 print_csv_format(results[name])

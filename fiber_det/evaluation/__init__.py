@@ -3,7 +3,7 @@ Recall@k, RefCOCO/+/g Precision@k, and the benchmark summaries (ODinW average, C
 robustness). Every evaluator is a detectron2 ``DatasetEvaluator`` whose metrics come from saved
 prediction records, so ``tools/evaluate_predictions.py`` reproduces an online run exactly.
 Stage 1: image-text retrieval Recall@k from a score matrix (``retrieval``, offline with
-``tools/evaluate_retrieval.py``).
+``tools/evaluate_retrieval.py``), online with ``RetrievalEvaluator``.
 """
 
 from .base import FIBEREvaluator, RecordEvaluatorMixin, format_metric_tables
@@ -22,6 +22,7 @@ from .retrieval import (
     retrieval_recall,
     save_retrieval_scores,
 )
+from .retrieval_evaluator import RetrievalEvaluator
 from .summary import (
     coco_o_summary,
     effective_robustness,
@@ -43,6 +44,7 @@ __all__ = [
     "RETRIEVAL_KEYS",
     "RecordEvaluatorMixin",
     "RefExpEvaluator",
+    "RetrievalEvaluator",
     "build_evaluator",
     "coco_o_summary",
     "effective_robustness",

@@ -7,11 +7,13 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 
+from ..data.pair_mapper import PairDatasetMapper
 from .coco import D3Evaluator, FIBERCOCOEvaluator
 from .flickr import FlickrEvaluator
 from .grounding import GroundingRecallEvaluator
 from .lvis import LVISEvaluator
 from .refexp import RefExpEvaluator
+from .retrieval_evaluator import RetrievalEvaluator
 
 __all__ = ["EVALUATOR_TYPES", "build_evaluator"]
 
@@ -60,6 +62,17 @@ def _grounding(cfg: CfgNode, name: str, out: str | None) -> DatasetEvaluator:
     )
 
 
+def _retrieval(cfg: CfgNode, name: str, out: str | None) -> DatasetEvaluator:
+    return RetrievalEvaluator(
+        name,
+        mapper=PairDatasetMapper(cfg, False),
+        output_dir=out,
+        batch_size=cfg.TEST.COARSE.IMS_PER_BATCH,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        rerank_topk=cfg.MODEL.COARSE.RERANK_TOPK,
+    )
+
+
 # evaluator_type (dataset metadata, data contract section 1) -> builder.
 EVALUATOR_TYPES: Dict[str, Callable[[CfgNode, str, str | None], DatasetEvaluator]] = {
     "coco": _coco,
@@ -70,6 +83,7 @@ EVALUATOR_TYPES: Dict[str, Callable[[CfgNode, str, str | None], DatasetEvaluator
     "flickr30k": _flickr,
     "refexp": _refexp,
     "grounding": _grounding,
+    "retrieval": _retrieval,  # stage 1: runs its own loop (RetrievalEvaluator.evaluate_model)
 }
 
 

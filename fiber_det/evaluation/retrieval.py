@@ -142,7 +142,11 @@ def _best_ranks(matrix: torch.Tensor, targets: torch.Tensor, limit: int) -> torc
 
 @torch.no_grad()
 def retrieval_ranks(
-    scores: torch.Tensor, txt2img, *, limit: Optional[int] = None
+    scores: torch.Tensor,
+    txt2img,
+    *,
+    limit: Optional[int] = None,
+    ir_scores: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """0-based ranks of the right answers (ties to the lower index; module docstring).
 
@@ -151,22 +155,37 @@ def retrieval_ranks(
         txt2img: (T,) image index of each text.
         limit: if given, ranks of ``limit`` or more are reported as ``limit`` (much faster:
             R@k needs ``limit = k``).
+        ir_scores: (I, T) scores that rank the images of each text (IR), when they differ from
+            ``scores`` (ITM re-ranking of the ITC top-k: ``RetrievalScores.t2i``); default
+            ``scores``.
 
     Returns:
         (tr_ranks, ir_ranks): (I,) best rank among each image's texts in its row (the largest
         int64 for an image without texts) and (T,) rank of each text's image in its column.
     """
     txt2img = _check(scores, txt2img)
-    scores = scores.detach().cpu()
+    if ir_scores is None:
+        ir_scores = scores
+    else:
+        _check(ir_scores, txt2img)
+        if ir_scores.shape != scores.shape:
+            raise ValueError(
+                f"ir_scores {tuple(ir_scores.shape)} and scores {tuple(scores.shape)} differ"
+            )
+    scores, ir_scores = scores.detach().cpu(), ir_scores.detach().cpu()
     num_images, num_texts = scores.shape
     own = _texts_of_images(txt2img, num_images)
     tr_ranks = _best_ranks(scores, own, limit or num_texts)
-    ir_ranks = _best_ranks(scores.t(), txt2img.unsqueeze(1), limit or num_images)
+    ir_ranks = _best_ranks(ir_scores.t(), txt2img.unsqueeze(1), limit or num_images)
     return tr_ranks, ir_ranks
 
 
 def retrieval_recall(
-    scores: torch.Tensor, txt2img: Sequence[int], ks: Sequence[int] = (1, 5, 10)
+    scores: torch.Tensor,
+    txt2img: Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    ir_scores: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
     """IR and TR Recall@k in percent, as the official ``compute_irtr_recall`` (module docstring).
 
@@ -174,6 +193,8 @@ def retrieval_recall(
         scores: (num_images, num_texts) float, higher = better match.
         txt2img: image index of each text (an image may have several texts).
         ks: the k of R@k (official 1, 5, 10).
+        ir_scores: separate scores for IR (re-ranked ITM, :func:`retrieval_ranks`); TR then
+            comes from ``scores`` alone.
 
     Returns:
         ``{"ir_r1", "ir_r5", "ir_r10", "tr_r1", "tr_r5", "tr_r10", "ir_mean", "tr_mean",
@@ -181,7 +202,8 @@ def retrieval_recall(
     """
     if not ks or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
-    tr_ranks, ir_ranks = retrieval_ranks(scores, txt2img, limit=max(int(k) for k in ks))
+    limit = max(int(k) for k in ks)
+    tr_ranks, ir_ranks = retrieval_ranks(scores, txt2img, limit=limit, ir_scores=ir_scores)
     out: Dict[str, float] = {}
     for task, ranks in (("ir", ir_ranks), ("tr", tr_ranks)):
         for k in ks:

@@ -260,3 +260,37 @@ def test_convert_tool_reads_a_fibercoarse_checkpoint(source, tmp_path):
     key = "backbone.language.encoder.layer.2.crossattention_t2i.self.value.weight"
     assert torch.equal(converted[key], source.state_dict()[key])
     assert "backbone.body.layers.3.blocks.0.attn.norm_i2t_i.weight" in converted
+
+
+def meter_lightning_file(path, source) -> None:
+    """A METER Lightning checkpoint (Dou et al. 2022, the model FIBER's stage 1 grew from): the
+    same ``vit_model.`` / ``text_transformer.`` / ``cross_modal_*`` prefixes and heads, but a CLIP
+    ViT and separate co-attention layers (METER ``meter/modules/meter_module.py``)."""
+    sd = {
+        k: v.clone()
+        for k, v in to_official_coarse_state_dict(source.state_dict()).items()
+        if k.startswith(("text_transformer.", "cross_modal_", "itm_score.", "mlm_score."))
+    }
+    sd["vit_model.visual.conv1.weight"] = torch.randn(8, 3, 4, 4)
+    sd["vit_model.visual.transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(24, 8)
+    sd["cross_modal_image_layers.0.attention.self.query.weight"] = torch.randn(64, 64)
+    sd["cross_modal_text_layers.0.crossattention.self.key.weight"] = torch.randn(64, 64)
+    sd["token_type_embeddings.weight"] = torch.randn(2, 64)
+    torch.save({"state_dict": sd, "epoch": 10}, path)
+
+
+def test_lightning_file_of_a_related_model_is_refused_by_name(source, tmp_path):
+    """A file that shares FIBER's key prefixes but not its architecture: a clear refusal that
+    names the model, whether loaded directly, through MODEL.WEIGHTS or by the converter tool."""
+    path = tmp_path / "meter_clip16_288_roberta_pretrain.ckpt"
+    meter_lightning_file(path, source)
+    message = r"METER-style .*vit_model\.visual\..*cross_modal_image_layers.*not .*FIBER"
+    with pytest.raises(CheckpointError, match=message):
+        FIBERCheckpointer(tiny_coarse_model()).load(str(path))
+    cfg = tiny_coarse_config(["MODEL.WEIGHTS", str(path)])
+    with pytest.raises(CheckpointError, match=message):
+        FIBERCheckpointer(build_model(cfg)).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    out = tmp_path / "converted.pth"
+    with pytest.raises(CheckpointError, match=message):
+        load_tool("convert_coarse_checkpoint").main([str(path), str(out)])
+    assert not out.exists()

@@ -241,3 +241,14 @@ def test_bad_dicts_and_tokenizers(coarse_cfg, tokenizer):
             vocab_size=10,
             mlm_probability=1.5,
         )
+
+
+def test_caption_over_the_official_40_tokens_is_truncated_and_counted(tiny_cfg, tokenizer):
+    assert tiny_cfg.INPUT.COARSE.MAX_TEXT_LEN == 40  # the official default
+    caption = " ".join([LONG] * 3)
+    assert len(tokenizer(caption)["input_ids"]) > 40
+    mapper = PairDatasetMapper(tiny_cfg, True)
+    out = mapper({"image_bytes": image_bytes(), "captions": [caption], "caption_ids": [0]})
+    assert out["input_ids"].shape == (40,) and int(out["attention_mask"].sum()) == 40
+    assert out["input_ids"][-1] == tokenizer.sep_token_id
+    assert mapper.issues.counts["caption_truncated"] == 1

@@ -20,6 +20,17 @@ def tiny_coarse_model(opts=None, seed: int = 0):
     return build_model(tiny_coarse_config(opts))
 
 
+def spread_scores(model) -> None:
+    """Open the fusion gates (0 at initialisation) so that pairs interact, and widen the ITM and
+    cross-modal weights (std 0.02 at initialisation) so that retrieval scores differ."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("alpha_i2t", "alpha_t2i")):
+                p.fill_(0.7)
+            elif name.startswith(("itm_score.", "cross_modal_")) and p.dim() == 2:
+                p.normal_(0, 0.5)
+
+
 def pairs(n: int, seed: int, size: int = 64, length: int = 16, lengths=None) -> List[Dict]:
     """``n`` pair dicts: image, input_ids (<s> words </s> <pad>...), attention_mask, and MLM
     inputs with two masked tokens per caption."""

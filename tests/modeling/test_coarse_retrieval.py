@@ -5,7 +5,7 @@ import torch
 
 from fiber_det.modeling.coarse.retrieval import itc_scores, itm_scores
 
-from .coarse_inputs import pairs, stacked, tiny_coarse_model
+from .coarse_inputs import pairs, spread_scores, stacked, tiny_coarse_model
 
 NUM_IMAGES, NUM_TEXTS = 3, 5
 
@@ -13,12 +13,7 @@ NUM_IMAGES, NUM_TEXTS = 3, 5
 @pytest.fixture(scope="module")
 def setup():
     model = tiny_coarse_model(seed=21).eval()
-    with torch.no_grad():  # open the fusion gates (0 at initialisation) so that pairs interact
-        for name, p in model.named_parameters():
-            if name.endswith(("alpha_i2t", "alpha_t2i")):
-                p.fill_(0.7)
-            elif name.startswith(("itm_score.", "cross_modal_")) and p.dim() == 2:
-                p.normal_(0, 0.5)  # spread the scores (std 0.02 at initialisation)
+    spread_scores(model)
     images, _, _ = stacked(pairs(NUM_IMAGES, seed=22))
     _, ids, mask = stacked(pairs(NUM_TEXTS, seed=23, lengths=[16, 5, 9, 12, 7]))
     with torch.no_grad():

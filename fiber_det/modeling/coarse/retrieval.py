@@ -132,6 +132,7 @@ def itm_scores(
     itc: Tensor | None = None,
     topk: int | None = None,
     batch_size: int | None = None,
+    image_rows: Tensor | None = None,
 ) -> RetrievalScores:
     """ITM match logits of image-text pairs, from cached pre-fusion states.
 
@@ -157,6 +158,8 @@ def itm_scores(
     if itc is not None and itc.shape[1] != num_texts:
         raise ValueError(f"itc has {itc.shape[1]} columns for {num_texts} texts")
     candidates = _topk_candidates(itc, topk) if topk else None
+    if image_rows is not None and itc is None:
+        raise ValueError("image_rows index the rows of itc: pass itc too")
     head = model._head("itm_score")
     dev = model.device
     rows: List[Tensor] = []
@@ -164,6 +167,10 @@ def itm_scores(
         states = model.encode_image_prefusion(batch.to(dev))
         for j in range(states.tokens.shape[0]):
             i = len(rows)
+            if image_rows is not None:
+                if i >= len(image_rows):
+                    raise ValueError(f"more images than the {len(image_rows)} image_rows")
+                i = int(image_rows[i])
             row = torch.full((num_texts,), float("-inf"), device=dev)
             if candidates is None:
                 todo = torch.arange(num_texts, device=dev)
@@ -174,12 +181,15 @@ def itm_scores(
                 cls = model.fuse_states(image, index_states(texts, chunk)).cls_feats
                 row[chunk] = head(cls)[:, 1].float()
             rows.append(row)
-            log_every_n_seconds(logging.INFO, f"ITM retrieval scores: {i + 1} images", n=30)
-    scores = torch.stack(rows)
-    if itc is not None and itc.shape[0] != scores.shape[0]:
-        raise ValueError(f"itc has {itc.shape[0]} rows for {scores.shape[0]} images")
+            log_every_n_seconds(logging.INFO, f"ITM retrieval scores: {len(rows)} images", n=30)
+    scores = torch.stack(rows) if rows else torch.empty(0, num_texts, device=dev)
+    expected = len(image_rows) if image_rows is not None else len(itc if itc is not None else rows)
+    if scores.shape[0] != expected:
+        raise ValueError(f"{scores.shape[0]} images for {expected} rows of itc / image_rows")
     if candidates is None:
         return RetrievalScores(i2t=scores, t2i=scores)
+    if image_rows is not None:
+        candidates = tuple(c[image_rows.to(c.device)] for c in candidates)
     inf = torch.tensor(float("-inf"), device=scores.device)
     return RetrievalScores(
         i2t=torch.where(candidates[0].to(scores.device), scores, inf),

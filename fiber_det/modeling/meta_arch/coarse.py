@@ -46,6 +46,7 @@ from ..backbone.fiber_backbone import (
 from ..backbone.swin import SwinState
 from ..coarse.heads import ITMHead, MLMHead, Pooler, init_head_weights
 from ..coarse.queue import ITCQueue
+from ..coarse.retrieval import RetrievalScores, itm_scores
 from ..coarse.training import CoarseLosses
 
 __all__ = ["FIBERCoarse", "FusedOutputs", "build_coarse_backbone"]
@@ -300,6 +301,19 @@ class FIBERCoarse(nn.Module):
     def mlm_logits(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(N, L, vocab) masked-language-model logits of the fused text tokens."""
         return self._head("mlm_score")(self.fuse(images, input_ids, attention_mask).text_feats)
+
+    @property
+    def has_itm_head(self) -> bool:
+        """Whether ITM scores exist (``MODEL.COARSE.ITM_LOSS_WEIGHT`` > 0)."""
+        return self.itm_score is not None
+
+    def itm_retrieval_scores(
+        self, images, input_ids: Tensor, attention_mask: Tensor, **kwargs
+    ) -> RetrievalScores:
+        """ITM scores of every image with every caption from cached pre-fusion states, for
+        retrieval evaluation: :func:`fiber_det.modeling.coarse.retrieval.itm_scores` (images
+        (I, 3, S, S) or an iterable of batches, ids and mask (T, L); keyword arguments there)."""
+        return itm_scores(self, images, input_ids, attention_mask, **kwargs)
 
     def _head(self, name: str) -> nn.Module:
         head = getattr(self, name)
