@@ -14,7 +14,7 @@ from fiber_det.checkpoint import (
     detect_fusion_version,
 )
 from fiber_det.utils.testing import get_config
-from tests.paths import parity_dir
+from tests.paths import load_tool, parity_dir
 
 KEYS = {v: parity_dir() / f"official_keys_{v}.json" for v in ("v2", "v3")}
 pytestmark = pytest.mark.skipif(
@@ -145,15 +145,8 @@ def test_checkpointer_refuses_an_official_file_for_another_architecture(tiny_cfg
 
 
 def test_convert_tool_writes_a_loadable_file(tmp_path, capsys):
-    import importlib.util
 
-    from tests.paths import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location(
-        "convert", REPO_ROOT / "tools/convert_fiber_checkpoint.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("convert_fiber_checkpoint")
     src, dst = tmp_path / "fiber_refcoco.pth", tmp_path / "out" / "converted.pth"
     torch.save({"model": _fake_official("v3", prefix="module.")}, src)
     assert tool.main([str(src), str(dst), "--no-model-check"]) == 0

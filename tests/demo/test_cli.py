@@ -1,7 +1,6 @@
 """tools/demo.py: inputs from files, folders and globs; a picture and a JSON per image whose
 detections are the predictor's; unreadable images skipped and reported; clear errors."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -13,16 +12,11 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from fiber_det.demo import collect_images
-from tests.paths import REPO_ROOT
+from tests.paths import load_tool
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f"fiber_tools_{name}", REPO_ROOT / "tools" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 @pytest.fixture(scope="module")

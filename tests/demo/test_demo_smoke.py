@@ -1,7 +1,6 @@
 """The demo pipeline end to end in seconds: a few images, a few iterations (make demo's code path:
 tools/demo_synthetic.py -> run_synthetic_demo -> generate, train, evaluate, draw, metrics)."""
 
-import importlib.util
 import json
 
 import torch
@@ -10,7 +9,7 @@ from detectron2.data import MetadataCatalog
 from fiber_det import model_zoo
 from fiber_det.demo import DEMO_CONFIG
 from fiber_det.predictor import FIBERPredictor
-from tests.paths import REPO_ROOT
+from tests.paths import load_tool
 
 FAST = [
     "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "2",
@@ -21,11 +20,7 @@ FAST = [
 
 
 def _demo_tool():
-    path = REPO_ROOT / "tools" / "demo_synthetic.py"
-    spec = importlib.util.spec_from_file_location("fiber_tools_demo_synthetic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("demo_synthetic")
 
 
 def test_make_demo_pipeline_runs_and_writes_its_outputs(tmp_path):

@@ -236,18 +236,13 @@ def test_swin_and_roberta_files_through_the_training_config(train_cfg, tmp_path)
 
 
 def test_convert_coarse_checkpoint_cli(tiny_cfg, tmp_path):
-    import importlib.util
 
-    from tests.paths import REPO_ROOT
+    from tests.paths import REPO_ROOT, load_tool
 
     src = tmp_path / "coarse.pt"
     sd = coarse_state_dict(tiny_cfg, seed=2)
     torch.save(sd, src)
-    spec = importlib.util.spec_from_file_location(
-        "convert_coarse", REPO_ROOT / "tools" / "convert_coarse_checkpoint.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("convert_coarse_checkpoint")
     out = tmp_path / "converted.pth"
     config = str(REPO_ROOT / "configs" / "tiny" / "fiber_tiny.yaml")
     assert cli.main([str(src), str(out), "--config-file", config, "--fusion-version", "v3"]) == 0

@@ -1,6 +1,5 @@
 """tools/evaluate_predictions.py prints and writes exactly what the online evaluation logged."""
 
-import importlib.util
 import json
 
 import pytest
@@ -8,7 +7,7 @@ from detectron2.config import get_cfg
 
 from fiber_det import add_fiber_config
 from fiber_det.evaluation import build_evaluator
-from tests.paths import REPO_ROOT
+from tests.paths import load_tool
 
 from . import cases
 
@@ -16,12 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The .warn. method is deprecated:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_predictions", REPO_ROOT / "tools" / "evaluate_predictions.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("evaluate_predictions")
 
 
 @pytest.mark.parametrize("case", ["coco", "lvis", "flickr", "refexp", "d3"])

@@ -1,7 +1,5 @@
 """The fusion backbone: layout, gates, the split forward, and any fusion size."""
 
-import time
-
 import pytest
 import torch
 from detectron2.modeling import build_backbone
@@ -35,16 +33,16 @@ def tiny_backbone(tiny_cfg):
     return build_backbone(tiny_cfg).eval()
 
 
-def test_tiny_forward_backward_on_cpu_in_seconds(tiny_cfg):
+def test_tiny_forward_backward_on_cpu(tiny_cfg):
     bb = build_backbone(tiny_cfg).train()
     _open_gates(bb)
     images = torch.randn(2, 3, 128, 160)
     ids, mask = _text()
-    start = time.perf_counter()
     feats, text = bb(images, ids, mask)
     loss = sum(f.float().mean() for f in feats.values()) + text.embedded.mean()
     loss.backward()
-    assert time.perf_counter() - start < 10.0
+    grads = [p.grad for p in bb.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
     shapes = bb.output_shape()
     assert list(feats) == ["p3", "p4", "p5", "p6", "p7"]
     for name, f in feats.items():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fiber_det.utils.io import load_torch_file
-from tests.paths import REPO_ROOT
+from tests.paths import REPO_ROOT, load_tool
 
 
 @pytest.fixture
@@ -34,11 +34,7 @@ def test_converters_name_their_opt_in_flag(pickled, tmp_path):
 
     with pytest.raises(ValueError, match="--allow-pickle"):
         read_coarse_checkpoint(pickled)
-    spec = importlib.util.spec_from_file_location(
-        "convert_fiber", REPO_ROOT / "tools/convert_fiber_checkpoint.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("convert_fiber_checkpoint")
     with pytest.raises(SystemExit, match="--allow-pickle"):
         tool.main([str(pickled), str(tmp_path / "out.pth"), "--no-model-check"])
     assert not (tmp_path / "out.pth").exists()
