@@ -328,7 +328,9 @@ def build_fiber_train_loader(
         SeededMapDataset(dicts, mapper, seed),
         sampler,
         cfg.SOLVER.IMS_PER_BATCH if batch_size is None else batch_size,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        # Pair images are all S x S: grouping them would only make the images of a batch depend
+        # on the number of workers (detectron2 interleaves the workers' single images).
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING and not training_set.pairs,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
     return NegativeBatchFilter(loader, cfg.SOLVER.FIBER.MAX_NEG_PER_BATCH, sampler=sampler)

@@ -165,11 +165,23 @@ def _accumulation_steps(cfg) -> int:
     )
 
 
+def _broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (DDP with ``broadcast_buffers=False`` syncs only the
+    parameters; buffers drawn at random, such as the coarse model's initial ITC queue, differ
+    across processes, which are seeded with SEED + rank)."""
+    if comm.get_world_size() == 1:
+        return
+    for buf in module.buffers():
+        torch.distributed.broadcast(buf, src=0)
+
+
 def _distributed(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """DDP over the processes of ``launch`` (CPU processes too, which detectron2's
-    ``create_ddp_model`` does not handle), with ``SOLVER.FIBER.FIND_UNUSED_PARAMETERS``."""
+    ``create_ddp_model`` does not handle), with ``SOLVER.FIBER.FIND_UNUSED_PARAMETERS``; the
+    buffers of rank 0 are given to every process."""
     if comm.get_world_size() == 1:
         return model
+    _broadcast_buffers(model)
     on_cpu = next(model.parameters()).device.type == "cpu"
     return DistributedDataParallel(
         model,
@@ -439,9 +451,7 @@ class Trainer(TrainerBase):
                 "New run from %s: its ITC queue (%d entries) is emptied", weights, queue.num_filled
             )
         inner.reset_queue()
-        if comm.get_world_size() > 1:  # the random initial entries differ per process
-            for buf in queue.buffers():
-                torch.distributed.broadcast(buf, src=0)
+        _broadcast_buffers(queue)  # its random initial entries differ per process
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> Optional[Dict]:

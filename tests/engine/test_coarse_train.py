@@ -41,7 +41,7 @@ def coarse_train_cfg(tokenizer_dir, output_dir, *opts):
             "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.FIBER.WARMUP_FRACTION", 0.1,
             "SOLVER.WARMUP_FACTOR", 0.0, "SOLVER.MAX_ITER", MAX_ITER,
             "SOLVER.CHECKPOINT_PERIOD", PERIOD, "SOLVER.FIBER.LOG_PERIOD", 1,
-            "OUTPUT_DIR", str(output_dir), "SEED", 0,
+            "OUTPUT_DIR", str(output_dir), "SEED", 0, "DATALOADER.NUM_WORKERS", 0,
             *opts,
         ],
     )  # fmt: skip
