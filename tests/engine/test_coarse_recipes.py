@@ -20,31 +20,24 @@ DEFAULTS = dict(
     lr_mult_cross_modal=5, max_text_len=40, image_size=384, mlm_prob=0.15,
     train_transform="albef", val_transform="albef", seed=0,
 )  # fmt: skip
+# task_finetune_irtr_{itc,itm}_{coco,f30k}, and the per-GPU batch of the official README commands
+RETRIEVAL = dict(
+    batch_size=1024, max_epoch=10, warmup_steps=0.1, learning_rate=2e-5, max_text_len=50,
+    train_transform="albef_randaug", gpus=8,
+)  # fmt: skip
 OFFICIAL = {
     "pretrain.yaml": dict(
         loss_names={"itm": 1, "mlm": 1, "itc": 1}, batch_size=4096, max_steps=100000,
         warmup_steps=0.1, per_gpu_batchsize=8, gpus=64,
     ),
-    "coco_itc.yaml": dict(
-        loss_names={"itc": 1}, batch_size=1024, max_epoch=10, warmup_steps=0.1,
-        learning_rate=2e-5, max_text_len=50, train_transform="albef_randaug", image_size=576,
-        per_gpu_batchsize=128, gpus=8, data="coco",
-    ),
-    "f30k_itc.yaml": dict(
-        loss_names={"itc": 1}, batch_size=1024, max_epoch=10, warmup_steps=0.1,
-        learning_rate=2e-5, max_text_len=50, train_transform="albef_randaug", image_size=576,
-        per_gpu_batchsize=128, gpus=8, data="f30k",
-    ),
-    "coco_itm.yaml": dict(
-        loss_names={"itm": 1}, batch_size=1024, max_epoch=10, warmup_steps=0.1,
-        learning_rate=2e-5, max_text_len=50, train_transform="albef_randaug", image_size=384,
-        per_gpu_batchsize=8, gpus=8, data="coco",
-    ),
-    "f30k_itm.yaml": dict(
-        loss_names={"itm": 1}, batch_size=1024, max_epoch=10, warmup_steps=0.1,
-        learning_rate=2e-5, max_text_len=50, train_transform="albef_randaug", image_size=384,
-        per_gpu_batchsize=8, gpus=8, data="f30k",
-    ),
+    **{
+        f"{data}_{loss}.yaml": dict(
+            RETRIEVAL, loss_names={loss: 1}, data=data, image_size=576 if loss == "itc" else 384,
+            per_gpu_batchsize=128 if loss == "itc" else 8,
+        )
+        for data in ("coco", "f30k")
+        for loss in ("itc", "itm")
+    },
 }  # fmt: skip
 
 
