@@ -78,7 +78,7 @@ def write_caption_pairs(grounding_json: str, detection_json: str, image_root: st
             file_name = image["file_name"]
             listing = " and ".join(f"a {n}" for n in shapes[file_name])
             record = {
-                "image": os.path.join(image_root, file_name),
+                "image": os.path.abspath(os.path.join(image_root, file_name)),
                 "captions": captions[file_name] + ([listing] if listing else []),
                 "image_id": image["id"],
             }
