@@ -31,6 +31,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from fiber_det.engine.benchmark import coarse_training_step_row, format_coarse_train_rows
 from fiber_det.utils.benchmark import machine_description, measure, measure_interleaved
 from fiber_det.utils.flops import component_flops, multi_prompt_flop_bound
 from fiber_det.utils.io import atomic_open, atomic_write_json, refuse_overwriting_inputs_or_exit
@@ -65,6 +66,7 @@ def parse_args(argv=None):
         default=["tiny/fiber_tiny.yaml", "fiber_b/official_parity_v2.yaml"],
     )
     p.add_argument("--train-size", type=int, default=512)
+    p.add_argument("--coarse-train-configs", nargs="*", default=[], help="coarse training rows")
     p.add_argument("--skip-options", action="store_true", help="skip the AMP / channels-last rows")
     p.add_argument("--output", default="output/benchmark/benchmark.json")
     p.add_argument("--quick", action="store_true", help="tiny config, small sizes (smoke test)")
@@ -477,7 +479,13 @@ def main(argv=None) -> int:
             bench_train(c, args.train_size, args.device, tokenizer, args.repeats)
             for c in args.train_configs
         ]
+    res["coarse_train"] = [  # fiber_det/engine/benchmark.py
+        coarse_training_step_row(c, device=args.device, repeats=args.repeats, accumulate=2)
+        for c in args.coarse_train_configs
+    ]
     report = format_report(res)
+    if res["coarse_train"]:
+        report += "\n\n" + format_coarse_train_rows(res["coarse_train"])
     print(report)
     res["report_markdown"] = report
     atomic_write_json(res, args.output)
