@@ -274,6 +274,10 @@ def _add_coarse_data_keys(cfg: CN) -> None:
     # datasets enumerate image-caption pairs; weights the sources like the official mix) or
     # "image" (once). Used as RepeatFactorTrainingSampler factors (pair_repeat_factors).
     cfg.DATASETS.COARSE.SAMPLE_BY = "caption"
+    # Image-text pair files of your own (JSON lines {"image": path, "captions": [...]}, or Arrow),
+    # registered by load_config as "custom_pairs_train" / "custom_pairs_test" (retrieval).
+    cfg.DATASETS.COARSE.CUSTOM_TRAIN = []
+    cfg.DATASETS.COARSE.CUSTOM_TEST = []
 
 
 def _add_solver_keys(cfg: CN) -> None:

@@ -38,7 +38,7 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSample
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from .datasets.custom import CUSTOM_TRAIN, CUSTOM_VAL
+from .datasets.custom import CUSTOM_PAIRS_TEST, CUSTOM_PAIRS_TRAIN, CUSTOM_TRAIN, CUSTOM_VAL
 from .datasets.pairs import pair_repeat_factors
 from .mapper import FIBERDatasetMapper
 from .pair_mapper import PairDatasetMapper
@@ -100,6 +100,12 @@ def get_fiber_dataset_dicts(names: Sequence[str], *, filter_empty: bool = False)
                 f"dataset {name!r} is not registered: set DATASETS.CUSTOM.TRAIN_JSON / "
                 "TRAIN_IMAGES (VAL_JSON / VAL_IMAGES for custom_val) and load the config with "
                 "fiber_det.config.load_config, or call fiber_det.data.register_custom_datasets(cfg)"
+            )
+        if name in (CUSTOM_PAIRS_TRAIN, CUSTOM_PAIRS_TEST) and name not in DatasetCatalog:
+            raise KeyError(
+                f"dataset {name!r} is not registered: set DATASETS.COARSE.CUSTOM_TRAIN (or "
+                "CUSTOM_TEST) to your pair files and load the config with "
+                "fiber_det.config.load_config"
             )
         if name not in DatasetCatalog:
             raise KeyError(

@@ -93,3 +93,24 @@ def test_category_repeat_factors_are_refused_for_pairs(pair_sets, tokenizer_dir)
     )  # fmt: skip
     with pytest.raises(ValueError, match="SAMPLE_BY"):
         build_train_sampler(cfg, load_training_set(cfg), seed=0)
+
+
+def test_pairs_of_your_own_from_the_config(tmp_path, tokenizer_dir):
+    records = [
+        {"image": write_image(tmp_path / f"{i}.jpg", seed=i), "captions": c}
+        for i, c in enumerate(CAPTIONS)
+    ]
+    jsonl = write_jsonl(tmp_path / "mine.jsonl", records)
+    cfg = get_config(
+        "tiny/coarse_tiny_train.yaml",
+        ["MODEL.LANGUAGE.TOKENIZER", str(tokenizer_dir),
+         "DATASETS.COARSE.CUSTOM_TRAIN", f"['{jsonl}']",
+         "DATASETS.TRAIN", "('custom_pairs_train',)"],
+    )  # fmt: skip
+    assert MetadataCatalog.get("custom_pairs_train").pair_files == [jsonl]
+    training_set = load_training_set(cfg)
+    assert training_set.pairs and len(training_set) == 9
+    DatasetCatalog.remove("custom_pairs_train")
+    MetadataCatalog.remove("custom_pairs_train")
+    with pytest.raises(KeyError, match="DATASETS.COARSE.CUSTOM_TRAIN"):
+        load_training_set(cfg)
