@@ -161,3 +161,16 @@ def test_accumulation_updates_the_itc_queue_after_each_micro_batch():
         assert torch.allclose(a, b, atol=1e-6), name
     for (name, a), b in zip(model.queue.named_buffers(), manual.queue.buffers()):
         assert torch.equal(a, b), name
+
+
+def test_resume_with_gradient_accumulation(coarse_pairs, tokenizer_dir, tmp_path):
+    """Iterations count optimizer steps: a resumed run re-enters the stream at step x batch."""
+    opts = ["SOLVER.FIBER.IMS_PER_DEVICE", 2, "SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 2]
+    trainer, losses = _train(coarse_train_cfg(tokenizer_dir, tmp_path / "a", *opts))
+    assert trainer.accumulate_steps == 2 and int(trainer.model.queue.queue_total) == 16
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "model_0000001.pth", tmp_path / "b" / "model_0000001.pth")
+    (tmp_path / "b" / "last_checkpoint").write_text("model_0000001.pth")
+    resumed, again = _train(coarse_train_cfg(tokenizer_dir, tmp_path / "b", *opts), resume=True)
+    assert resumed.start_iter == 2
+    assert [again[i] for i in (2, 3)] == pytest.approx([losses[i] for i in (2, 3)], rel=1e-5)
