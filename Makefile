@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint format benchmark clean
+.PHONY: install test demo demo-two-stage lint format benchmark clean
 
 install:  ## build .venv (torch, detectron2, transformers, ...) and install fiber_det (editable)
 	dev/install_env.sh
@@ -13,6 +13,9 @@ test:  ## the test suite (CPU, tiny models, parity fixtures from ../shared/parit
 
 demo:  ## synthetic grounding demo: generate data, train the tiny model on CPU, evaluate
 	$(PY) tools/demo_synthetic.py --output output/demo $(DEMO_ARGS)
+
+demo-two-stage:  ## stage 1 (ITC, ITM, MLM) then stage 2 on synthetic data, vs stage 2 alone (CPU)
+	$(PY) tools/demo_two_stage.py --output output/two_stage $(DEMO_ARGS)
 
 lint:
 	$(PY) -m ruff check fiber_det tools tests datasets dev

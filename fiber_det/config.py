@@ -286,6 +286,10 @@ def _add_coarse_data_keys(cfg: CN) -> None:
     # datasets enumerate image-caption pairs; weights the sources like the official mix) or
     # "image" (once). Used as RepeatFactorTrainingSampler factors (pair_repeat_factors).
     cfg.DATASETS.COARSE.SAMPLE_BY = "caption"
+    # Image-text pair files of your own (JSON lines {"image": path, "captions": [...]}, or Arrow),
+    # registered by load_config as "custom_pairs_train" / "custom_pairs_test" (retrieval).
+    cfg.DATASETS.COARSE.CUSTOM_TRAIN = []
+    cfg.DATASETS.COARSE.CUSTOM_TEST = []
     cfg.TEST.COARSE = CN()
     # Images per batch in retrieval evaluation (fiber_det.evaluation.RetrievalEvaluator; the
     # scores do not depend on it).
@@ -308,6 +312,7 @@ def _add_solver_keys(cfg: CN) -> None:
     # WEIGHT_DECAY_BIAS; norms keep WEIGHT_DECAY x WEIGHT_DECAY_NORM_FACTOR; the rest
     # WEIGHT_DECAY. "no_decay_norm_embed" (not official): additionally no weight decay on norms,
     # embeddings, gates, position-bias tables and scales, and no LR factor on biases.
+    # "official_coarse" (the coarse-grained model, FIBERCoarse): see LR_MULT_HEAD below.
     cfg.SOLVER.FIBER.PARAM_GROUPS = "official"
     # LR multiplier of the Swin body (official BACKBONE_BODY_LR_FACTOR).
     cfg.SOLVER.FIBER.BACKBONE_BODY_LR_FACTOR = 1.0
@@ -351,6 +356,26 @@ def _add_solver_keys(cfg: CN) -> None:
     cfg.SOLVER.FIBER.LOG_PERIOD = 20
     # DistributedDataParallel(find_unused_parameters=...) (official FIND_UNUSED_PARAMETERS).
     cfg.SOLVER.FIBER.FIND_UNUSED_PARAMETERS = False
+    # AdamW's betas and epsilon (torch's defaults; the coarse-grained recipes: (0.9, 0.98), 1e-8).
+    cfg.SOLVER.FIBER.ADAMW_BETAS = (0.9, 0.999)
+    cfg.SOLVER.FIBER.ADAMW_EPS = 1e-8
+    # PARAM_GROUPS "official_coarse" (the coarse-grained model's set_schedule): LR multipliers of
+    # the task heads (mlm_score, itm_score) and of the cross-modal parameters (names containing
+    # cross_modal, i2t, t2i); official lr_mult_head 5, lr_mult_cross_modal 5.
+    cfg.SOLVER.FIBER.LR_MULT_HEAD = 1.0
+    cfg.SOLVER.FIBER.LR_MULT_CROSS_MODAL = 1.0
+    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" (coarse-grained recipes, transformers'
+    # get_polynomial_decay_schedule_with_warmup): after the warm-up the LR falls as
+    # (1 - progress) ** POLY_POWER from BASE_LR to POLY_END_LR (official decay_power 1, end_lr 0).
+    cfg.SOLVER.FIBER.POLY_POWER = 1.0
+    cfg.SOLVER.FIBER.POLY_END_LR = 0.0
+    # > 0: SOLVER.WARMUP_ITERS = int(WARMUP_FRACTION x MAX_ITER) (official warmup_steps 0.1).
+    cfg.SOLVER.FIBER.WARMUP_FRACTION = 0.0
+    # > 0: images per process and forward pass; SOLVER.IMS_PER_BATCH (the batch of one optimizer
+    # step) is then reached by accumulating IMS_PER_BATCH / (IMS_PER_DEVICE x processes) forward
+    # passes (official accumulate_grad_batches = batch_size // (per_gpu_batchsize x GPUs); here it
+    # must divide exactly). 0: one forward pass of IMS_PER_BATCH / processes images per step.
+    cfg.SOLVER.FIBER.IMS_PER_DEVICE = 0
 
 
 def _add_train_keys(cfg: CN) -> None:

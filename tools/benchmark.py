@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from fiber_det.engine.benchmark import coarse_training_step_row, format_coarse_train_rows
 from fiber_det.export.benchmark import bench_onnx, format_onnx_rows, parse_size
 from fiber_det.utils.benchmark import machine_description
 from fiber_det.utils.benchmark_coarse import COARSE_CONFIGS, bench_coarse, format_coarse_report
@@ -110,6 +111,12 @@ def parse_args(argv=None):
         "at 384 and tiny (fiber_det/utils/benchmark_coarse.py); --pairs: captions per ITM call",
     )
     p.add_argument("--pairs", type=int, default=8, help="with --coarse: captions per ITM call")
+    p.add_argument(
+        "--coarse-train-configs",
+        nargs="*",
+        default=["tiny/coarse_tiny.yaml"],
+        help="with --coarse: coarse training-step rows (fiber_det/engine/benchmark.py)",
+    )
     p.add_argument("--train-worker", help=argparse.SUPPRESS)  # JSON spec of one training run
     return p.parse_args(argv)
 
@@ -162,10 +169,17 @@ def run_coarse(args) -> int:
     device = torch.device(args.device)
     configs = args.coarse or (["tiny/coarse_tiny.yaml"] if args.quick else list(COARSE_CONFIGS))
     results = [bench_coarse(c, device, pairs=args.pairs, repeats=args.repeats) for c in configs]
+    train = [
+        coarse_training_step_row(c, device=args.device, repeats=args.repeats, accumulate=2)
+        for c in args.coarse_train_configs
+    ]
     report = f"Machine: {machine_description(device)}\n\n" + format_coarse_report(results)
+    if train:
+        report += "\n\n" + format_coarse_train_rows(train)
     print(report)
     command = "python tools/benchmark.py " + " ".join(args.argv)
-    atomic_write_json({"command": command, "coarse": results, "report": report}, args.output)
+    result = {"command": command, "coarse": results, "coarse_train": train, "report": report}
+    atomic_write_json(result, args.output)
     print(f"\nwrote {args.output}")
     return 0
 

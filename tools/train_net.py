@@ -1,6 +1,16 @@
 #!/usr/bin/env python
 """Train or evaluate FIBER with detectron2 (every published recipe is one command).
 
+Both stages of FIBER, one command each (configs/fiber_b/coarse/*.yaml give the commands of
+stage 1: pre-training and retrieval fine-tuning). Stage 1, coarse-grained pre-training (ITC, ITM,
+MLM on image-text pairs), then stage 2 initialised from its checkpoint:
+
+    python tools/train_net.py --num-gpus 8 --config-file configs/fiber_b/coarse/pretrain.yaml \
+        OUTPUT_DIR output/coarse
+    python tools/train_net.py --num-gpus 16 --num-machines 4 ... \
+        --config-file configs/fiber_b/pretrain_o365_goldg_flickr.yaml \
+        MODEL.WEIGHTS output/coarse/model_final.pth
+
 Fine-grained pre-training on 64 GPUs (16 per node, 4 nodes), from the coarse-grained checkpoint:
 
     python tools/train_net.py --num-gpus 16 --num-machines 4 --machine-rank R --dist-url URL \\

@@ -16,6 +16,7 @@ from .build import (
     few_shot_subset,
     get_fiber_dataset_dicts,
     has_valid_annotation,
+    is_pair_dataset,
     load_training_set,
 )
 from .datasets import (
@@ -58,6 +59,7 @@ __all__ = [
     "build_pair_transform",
     "get_fiber_dataset_dicts",
     "has_valid_annotation",
+    "is_pair_dataset",
     "load_d3_json",
     "load_detection_json",
     "load_lvis_detection_json",

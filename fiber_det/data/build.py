@@ -12,6 +12,13 @@ streams them with the sampler of ``DATALOADER.SAMPLER_TRAIN`` (:mod:`.samplers`)
 * ``TrainingSampler`` / ``RepeatFactorTrainingSampler``: detectron2's samplers (the latter with
   LVIS-style repeat factors, ``DATALOADER.REPEAT_THRESHOLD``), resumable by fast-forward.
 
+Image-text pair datasets (stage 1, ``data_format == "pairs"``; :mod:`.datasets.pairs`) go through
+the same loader with the :class:`~fiber_det.data.pair_mapper.PairDatasetMapper`, without the box
+filter, and with the sampler of ``DATASETS.COARSE.SAMPLE_BY``: "caption" (official: an epoch visits
+each image once per caption, detectron2's ``RepeatFactorTrainingSampler`` with
+:func:`~fiber_det.data.datasets.pairs.pair_repeat_factors`) or "image" (``SAMPLER_TRAIN``, once per
+image). Pair and box datasets cannot be mixed in one run (different models).
+
 Whatever the sampler, each image's augmentation and prompt sampling are seeded by its stream
 position, so ``--resume`` continues with the batches of the uninterrupted run. Batching
 (aspect-ratio grouping, workers) is detectron2's ``build_batch_data_loader``.
@@ -25,15 +32,18 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.build import build_batch_data_loader
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from .datasets.custom import CUSTOM_TRAIN, CUSTOM_VAL
+from .datasets.custom import CUSTOM_PAIRS_TEST, CUSTOM_PAIRS_TRAIN, CUSTOM_TRAIN, CUSTOM_VAL
+from .datasets.pairs import pair_repeat_factors
 from .grouping import build_grouped_test_loader, evaluation_batch_size
 from .mapper import FIBERDatasetMapper
+from .pair_mapper import PairDatasetMapper
 from .samplers import MixedTrainingSampler, NegativeBatchFilter, PositionedSampler, SeededMapDataset
 from .transforms import build_fiber_augmentations
 
@@ -46,6 +56,7 @@ __all__ = [
     "few_shot_subset",
     "get_fiber_dataset_dicts",
     "has_valid_annotation",
+    "is_pair_dataset",
     "load_training_set",
 ]
 
@@ -68,6 +79,11 @@ def has_valid_annotation(annotations: Sequence[Dict]) -> bool:
     return False
 
 
+def is_pair_dataset(name: str) -> bool:
+    """Whether the registered dataset ``name`` holds image-text pairs (stage 1)."""
+    return MetadataCatalog.get(name).get("data_format", "detection") == "pairs"
+
+
 def get_fiber_dataset_dicts(names: Sequence[str], *, filter_empty: bool = False) -> List[Dict]:
     """Load and concatenate datasets; each dict gets ``source_dataset`` (its registered name).
 
@@ -87,6 +103,12 @@ def get_fiber_dataset_dicts(names: Sequence[str], *, filter_empty: bool = False)
                 f"dataset {name!r} is not registered: set DATASETS.CUSTOM.TRAIN_JSON / "
                 "TRAIN_IMAGES (VAL_JSON / VAL_IMAGES for custom_val) and load the config with "
                 "fiber_det.config.load_config, or call fiber_det.data.register_custom_datasets(cfg)"
+            )
+        if name in (CUSTOM_PAIRS_TRAIN, CUSTOM_PAIRS_TEST) and name not in DatasetCatalog:
+            raise KeyError(
+                f"dataset {name!r} is not registered: set DATASETS.COARSE.CUSTOM_TRAIN (or "
+                "CUSTOM_TEST) to your pair files and load the config with "
+                "fiber_det.config.load_config"
             )
         if name not in DatasetCatalog:
             raise KeyError(
@@ -140,15 +162,29 @@ def few_shot_subset(dicts: List[Dict], shots: int, seed: int = 0) -> List[Dict]:
 
 @dataclass
 class TrainingSet:
-    """Dataset dicts of ``DATASETS.TRAIN`` (one list per dataset) and their copies / ratios."""
+    """Dataset dicts of ``DATASETS.TRAIN`` (one list per dataset) and their copies / ratios.
+
+    ``pairs``: image-text pair datasets; ``sample_by`` ("caption" / "image", pairs only): what
+    an epoch enumerates (``DATASETS.COARSE.SAMPLE_BY``).
+    """
 
     names: List[str]
     dicts: List[List[Dict]]
     copies: List[int]
     ratios: List[float]
+    pairs: bool = False
+    sample_by: str = "image"
+
+    def repeat_factors(self) -> List[torch.Tensor]:
+        """Visits of each image per epoch, one tensor per dataset (copies included)."""
+        by = self.sample_by if self.pairs else "image"
+        return [pair_repeat_factors(d, by) * c for d, c in zip(self.dicts, self.copies)]
 
     def __len__(self) -> int:
-        """Images per epoch, copies included (the official dataset length)."""
+        """Samples per epoch, copies included (the official dataset length: images, or
+        image-caption pairs for pair datasets sampled by caption)."""
+        if self.pairs and self.sample_by == "caption":
+            return int(sum(float(f.sum()) for f in self.repeat_factors()))
         return sum(len(d) * c for d, c in zip(self.dicts, self.copies))
 
     def describe(self) -> str:
@@ -156,7 +192,8 @@ class TrainingSet:
             f"{n}: {len(d)} images x{c}" + (f" (p={r:.3g})" if self.ratios else "")
             for n, d, c, r in zip(self.names, self.dicts, self.copies, self.ratios or self.copies)
         ]
-        return f"training set of {len(self)} images per epoch: " + "; ".join(parts)
+        unit = "image-caption pairs" if self.pairs and self.sample_by == "caption" else "images"
+        return f"training set of {len(self)} {unit} per epoch: " + "; ".join(parts)
 
 
 def _per_dataset(values: Sequence, names: Sequence[str], key: str, default) -> List:
@@ -186,8 +223,12 @@ def load_training_set(cfg) -> TrainingSet:
             raise ValueError(f"DATALOADER.FIBER.SAMPLING_RATIOS must be >= 0, not all 0: {ratios}")
         total = float(sum(ratios))
         ratios = [r / total for r in ratios]
+    pairs = _check_one_kind(names)
     dicts = []
     for name in names:
+        if pairs:  # no boxes: nothing to filter, no categories to sample shots of
+            dicts.append(get_fiber_dataset_dicts([name], filter_empty=False))
+            continue
         d = get_fiber_dataset_dicts([name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         grounding = MetadataCatalog.get(name).get("data_format", "detection") == "grounding"
         if opts.FEW_SHOT > 0 and grounding:
@@ -197,9 +238,24 @@ def load_training_set(cfg) -> TrainingSet:
             d = few_shot_subset(d, opts.FEW_SHOT, opts.FEW_SHOT_SEED)
             logger.info("%s: %d-shot subset of %d of %d images", name, opts.FEW_SHOT, len(d), n)
         dicts.append(d)
-    out = TrainingSet(names=names, dicts=dicts, copies=copies, ratios=ratios)
+    sample_by = cfg.DATASETS.COARSE.SAMPLE_BY if pairs else "image"
+    out = TrainingSet(names, dicts, copies, ratios, pairs=pairs, sample_by=sample_by)
     logger.info("%s", out.describe())
     return out
+
+
+def _check_one_kind(names: Sequence[str]) -> bool:
+    """True if every dataset of ``names`` holds image-text pairs, False if none does."""
+    kinds = {name: is_pair_dataset(name) for name in names}
+    if len(set(kinds.values())) > 1:
+        pair_sets = [n for n, k in kinds.items() if k]
+        box_sets = [n for n, k in kinds.items() if not k]
+        raise ValueError(
+            f"DATASETS.TRAIN mixes image-text pair datasets {pair_sets} (stage 1, the coarse "
+            f"model FIBERCoarse) with box datasets {box_sets} (stage 2, FIBERDetector): train "
+            "them in separate runs, the stage-1 checkpoint initialising stage 2 (MODEL.WEIGHTS)"
+        )
+    return bool(names) and all(kinds.values())
 
 
 # -- the training loader ------------------------------------------------------------------------
@@ -207,6 +263,21 @@ def build_train_sampler(cfg, training_set: TrainingSet, seed: int):
     """The ``(position, index)`` stream of ``DATALOADER.SAMPLER_TRAIN`` over ``training_set``."""
     name = cfg.DATALOADER.SAMPLER_TRAIN
     sizes = [len(d) for d in training_set.dicts]
+    if training_set.pairs:
+        if training_set.ratios:
+            raise ValueError(
+                "DATALOADER.FIBER.SAMPLING_RATIOS is not supported for image-text pair datasets: "
+                "use DATALOADER.FIBER.COPIES"
+            )
+        if training_set.sample_by == "caption":
+            factors = torch.cat(training_set.repeat_factors())
+            return PositionedSampler(RepeatFactorTrainingSampler(factors, seed=seed))
+        if name == "RepeatFactorTrainingSampler":
+            raise ValueError(
+                "DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler repeats images by category "
+                "frequency, which image-text pairs do not have: use DATASETS.COARSE.SAMPLE_BY "
+                "'caption' (official) or another sampler"
+            )
     if name == "MixedTrainingSampler":
         return MixedTrainingSampler(
             sizes, copies=training_set.copies, ratios=training_set.ratios, seed=seed
@@ -235,16 +306,20 @@ def build_fiber_train_loader(
     *,
     training_set: Optional[TrainingSet] = None,
     seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> NegativeBatchFilter:
     """The training loader of ``cfg`` (an infinite stream of lists of model inputs).
 
     Args:
         cfg: config with the FIBER keys.
         mapper: default :class:`FIBERDatasetMapper` (``is_train=True``), built after the datasets
-            are loaded so that it snapshots their vocabularies.
+            are loaded so that it snapshots their vocabularies; :class:`PairDatasetMapper` for
+            image-text pairs.
         training_set: the loaded ``DATASETS.TRAIN`` (:func:`load_training_set`), if the caller
             already has it.
         seed: stream seed; default ``SEED``, or a seed shared by all processes when it is < 0.
+        batch_size: images of one forward pass over all processes; default
+            ``SOLVER.IMS_PER_BATCH`` (smaller with gradient accumulation).
     Returns:
         an iterable of batches with ``.sampler`` (``set_start_iter`` for resuming).
     """
@@ -252,15 +327,19 @@ def build_fiber_train_loader(
         training_set = load_training_set(cfg)
     if seed is None:
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-    if mapper is None:
+    if mapper is None and training_set.pairs:
+        mapper = PairDatasetMapper(cfg, True)
+    elif mapper is None:
         mapper = FIBERDatasetMapper(cfg, True, dataset_names=training_set.names)
     sampler = build_train_sampler(cfg, training_set, seed)
     dicts = [d for part in training_set.dicts for d in part]
     loader = build_batch_data_loader(
         SeededMapDataset(dicts, mapper, seed),
         sampler,
-        cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        cfg.SOLVER.IMS_PER_BATCH if batch_size is None else batch_size,
+        # Pair images are all S x S: grouping them would only make the images of a batch depend
+        # on the number of workers (detectron2 interleaves the workers' single images).
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING and not training_set.pairs,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
     return NegativeBatchFilter(loader, cfg.SOLVER.FIBER.MAX_NEG_PER_BATCH, sampler=sampler)

@@ -18,13 +18,16 @@ Before the model is built, the config is completed (:func:`prepare_training_conf
 iterations, scaling to the number of processes) and the RNGs are seeded from ``SEED``. Also from
 the official recipes (microsoft/FIBER ``engine/trainer.py``, ``solver/``,
 ``tools/train_net.py`` / ``finetune.py``): the official AdamW parameter groups, gradient
-clipping, the official freezes (:mod:`.freeze`), the mixed, resumable training stream
+clipping, the official freezes (:mod:`.freeze`), gradient accumulation
+(:class:`~.accumulation.AccumulatingTrainer`, ``SOLVER.FIBER.IMS_PER_DEVICE``; the coarse-grained
+recipes' batch of 4096), the mixed, resumable training stream
 (:func:`fiber_det.data.build_fiber_train_loader`), atomic checkpoints (``FIBERCheckpointer``: any
 weights format in ``MODEL.WEIGHTS``; with it empty, ``MODEL.SWIN.WEIGHTS`` /
 ``MODEL.LANGUAGE.WEIGHTS`` initialise the encoders; what was loaded is written to
 ``OUTPUT_DIR/initialization.txt``), AMP on GPU, logs with ``lr`` / ``lr_lang``.
 """
 
+import itertools
 import logging
 import os
 import weakref
@@ -45,6 +48,7 @@ from ..checkpoint import FIBERCheckpointer
 from ..checkpoint.pretrained import load_pretrained_encoders
 from ..data import (
     FIBERDatasetMapper,
+    PairDatasetMapper,
     TrainingSet,
     build_fiber_test_loader,
     build_fiber_train_loader,
@@ -53,6 +57,7 @@ from ..data import (
 from ..evaluation import build_evaluator
 from ..solver import build_fiber_lr_scheduler, build_fiber_optimizer
 from ..utils.io import atomic_open
+from .accumulation import AccumulatingTrainer, accumulation_steps
 from .ema import ModelEMA
 from .freeze import apply_training_freezes
 from .hooks import (
@@ -153,11 +158,30 @@ def _use_amp(cfg) -> bool:
     return False
 
 
+def _accumulation_steps(cfg) -> int:
+    """Forward passes per optimizer step (``SOLVER.FIBER.IMS_PER_DEVICE``, :mod:`.accumulation`)."""
+    return accumulation_steps(
+        cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.FIBER.IMS_PER_DEVICE, comm.get_world_size()
+    )
+
+
+def _broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (DDP with ``broadcast_buffers=False`` syncs only the
+    parameters; buffers drawn at random, such as the coarse model's initial ITC queue, differ
+    across processes, which are seeded with SEED + rank)."""
+    if comm.get_world_size() == 1:
+        return
+    for buf in module.buffers():
+        torch.distributed.broadcast(buf, src=0)
+
+
 def _distributed(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """DDP over the processes of ``launch`` (CPU processes too, which detectron2's
-    ``create_ddp_model`` does not handle), with ``SOLVER.FIBER.FIND_UNUSED_PARAMETERS``."""
+    ``create_ddp_model`` does not handle), with ``SOLVER.FIBER.FIND_UNUSED_PARAMETERS``; the
+    buffers of rank 0 are given to every process."""
     if comm.get_world_size() == 1:
         return model
+    _broadcast_buffers(model)
     on_cpu = next(model.parameters()).device.type == "cpu"
     return DistributedDataParallel(
         model,
@@ -196,8 +220,18 @@ class Trainer(TrainerBase):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg, training_set=training_set, seed=self.seed)
         model = _distributed(model, cfg)
-        step_runner = AMPTrainer if _use_amp(cfg) else SimpleTrainer
-        self._trainer = step_runner(model, data_loader, optimizer)
+        self.accumulate_steps = _accumulation_steps(cfg)
+        if self.accumulate_steps > 1:
+            self._trainer = AccumulatingTrainer(
+                model,
+                data_loader,
+                optimizer,
+                accumulate_steps=self.accumulate_steps,
+                amp=_use_amp(cfg),
+            )
+        else:
+            step_runner = AMPTrainer if _use_amp(cfg) else SimpleTrainer
+            self._trainer = step_runner(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         decay = cfg.SOLVER.FIBER.MODEL_EMA
         self.ema = ModelEMA(model, decay) if decay > 0 else None
@@ -263,10 +297,19 @@ class Trainer(TrainerBase):
     def build_train_loader(
         cls, cfg, training_set: Optional[TrainingSet] = None, seed: Optional[int] = None
     ):
-        """The training loader of :func:`fiber_det.data.build_fiber_train_loader`."""
-        names = training_set.names if training_set is not None else list(cfg.DATASETS.TRAIN)
-        mapper = FIBERDatasetMapper(cfg, True, dataset_names=names)
-        return build_fiber_train_loader(cfg, mapper, training_set=training_set, seed=seed)
+        """The training loader of :func:`fiber_det.data.build_fiber_train_loader` (the
+        :class:`PairDatasetMapper` for image-text pairs; micro-batches of
+        ``SOLVER.FIBER.IMS_PER_DEVICE`` images per process with gradient accumulation)."""
+        if training_set is None:
+            training_set = load_training_set(cfg)
+        if training_set.pairs:
+            mapper = PairDatasetMapper(cfg, True)
+        else:
+            mapper = FIBERDatasetMapper(cfg, True, dataset_names=training_set.names)
+        batch = cfg.SOLVER.IMS_PER_BATCH // _accumulation_steps(cfg)
+        return build_fiber_train_loader(
+            cfg, mapper, training_set=training_set, seed=seed, batch_size=batch
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
@@ -367,6 +410,7 @@ class Trainer(TrainerBase):
             report = self.checkpointer.last_conversion_report
             if report is not None:
                 self.init_reports.append(report)
+            self._reset_queue(weights)
             if lang or swin:
                 logger.warning(
                     "MODEL.WEIGHTS is set: MODEL.SWIN.WEIGHTS / MODEL.LANGUAGE.WEIGHTS are ignored"
@@ -383,6 +427,35 @@ class Trainer(TrainerBase):
             with atomic_open(path, "w") as fh:
                 fh.write("\n\n".join(r.format() for r in self.init_reports) + "\n")
 
+    def _start_data_stream(self) -> None:
+        """Read the first batch before the loop, with the global RNG state kept.
+
+        torch's DataLoader draws its base seed from the global RNG when its iterator starts,
+        which inside the first step would shift that step's random draws (the coarse model's
+        ITM hard negatives, dropout) after the per-iteration seeding, so that a resumed run
+        would not draw what the uninterrupted run drew. Batches depend on their stream position
+        only (``SeededMapDataset``), so reading one early changes no batch.
+        """
+        runner = self._trainer
+        with torch.random.fork_rng(devices=[]):
+            stream = runner._data_loader_iter
+            first = next(stream)
+        runner._data_loader_iter_obj = itertools.chain([first], stream)
+
+    def _reset_queue(self, weights: str) -> None:
+        """A new run from a coarse checkpoint starts with an empty ITC queue (the official loader
+        drops the queues of the file it starts from); ``--resume`` keeps the saved queue."""
+        inner = self.model.module if hasattr(self.model, "module") else self.model
+        queue = getattr(inner, "queue", None)
+        if queue is None or not hasattr(inner, "reset_queue"):
+            return
+        if queue.num_filled:
+            logger.info(
+                "New run from %s: its ITC queue (%d entries) is emptied", weights, queue.num_filled
+            )
+        inner.reset_queue()
+        _broadcast_buffers(queue)  # its random initial entries differ per process
+
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> Optional[Dict]:
         """Train from ``start_iter`` to ``MAX_ITER`` with detectron2's loop, or until the
@@ -394,6 +467,7 @@ class Trainer(TrainerBase):
         if self.monitor.should_stop:
             logger.info("This run already auto-terminated (see model_best.pth); nothing to do")
             return getattr(self, "_last_eval_results", None)
+        self._start_data_stream()
         try:
             super().train(self.start_iter, self.max_iter)
         except TrainingStopped as stop:

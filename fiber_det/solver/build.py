@@ -1,5 +1,10 @@
 """``build_fiber_optimizer(cfg, model)``: the official FIBER optimizer (AdamW by default).
 
+The coarse-grained recipes use ``transformers.optimization.AdamW`` with betas (0.9, 0.98)
+(``set_schedule``, microsoft/FIBER ``coarse_grained``): ``SOLVER.FIBER.ADAMW_BETAS``. Torch's
+AdamW decays the weights before the Adam update, transformers' after it: the two differ by a term
+of order lr^2 x weight decay per step.
+
 Parameter groups: :mod:`fiber_det.solver.param_groups`. Gradient clipping follows
 ``SOLVER.CLIP_GRADIENTS``: ``CLIP_TYPE`` "full_model" clips the norm of all trained gradients
 together before each step (official ``FullModelGradientClippingOptimizer`` in
@@ -56,13 +61,18 @@ def build_fiber_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay_norm_factor=s.FIBER.WEIGHT_DECAY_NORM_FACTOR,
         body_lr_factor=s.FIBER.BACKBONE_BODY_LR_FACTOR,
         policy=s.FIBER.PARAM_GROUPS,
+        lr_mult_head=s.FIBER.LR_MULT_HEAD,
+        lr_mult_cross_modal=s.FIBER.LR_MULT_CROSS_MODAL,
     )
     logger.info("%s", summarize_param_groups(groups))
     for g in groups:
         g.pop("param_names")  # torch >= 2.6 gives "param_names" its own meaning
     name = s.FIBER.OPTIMIZER.upper()
     if name == "ADAMW":
-        opt_class, kwargs = torch.optim.AdamW, {}
+        betas = tuple(float(b) for b in s.FIBER.ADAMW_BETAS)
+        if len(betas) != 2:
+            raise ValueError(f"SOLVER.FIBER.ADAMW_BETAS needs two values, got {betas}")
+        opt_class, kwargs = torch.optim.AdamW, {"betas": betas, "eps": s.FIBER.ADAMW_EPS}
     elif name == "SGD":
         opt_class, kwargs = torch.optim.SGD, {"momentum": s.MOMENTUM, "nesterov": s.NESTEROV}
     else:

@@ -9,6 +9,12 @@
 * Plateau (official ``USE_AUTOSTEP``, ODinW): the same warm-up, then LR x ``GAMMA`` when the
   validation metric has not improved for ``STEP_PATIENCE`` evaluations, never below ``MIN_LR``
   (official ``WarmupReduceLROnPlateau`` in ``solver/lr_scheduler.py``).
+* Polynomial decay with warm-up (``SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR"``, the coarse-grained
+  recipes): transformers' ``get_polynomial_decay_schedule_with_warmup`` as the official
+  ``set_schedule`` uses it: linear warm-up from ``WARMUP_FACTOR`` (0 officially) over
+  ``WARMUP_ITERS`` (or ``SOLVER.FIBER.WARMUP_FRACTION`` x ``MAX_ITER``), then
+  ``(BASE_LR - END) x (1 - progress) ** POLY_POWER + END`` with ``END`` =
+  ``SOLVER.FIBER.POLY_END_LR``, as a multiplier of every group's LR.
 * Weight-decay schedule (pre-training): the weight decay is multiplied by ``GAMMA`` when the
   iteration reaches ``RATIO`` x each LR milestone (official ``WEIGHT_DECAY_SCHEDULE`` in
   ``engine/trainer.py``); :func:`weight_decay_multiplier` is its closed form.
@@ -24,10 +30,13 @@ from fvcore.common.param_scheduler import ParamScheduler
 
 __all__ = [
     "OfficialMultiStepParamScheduler",
+    "PolynomialDecayParamScheduler",
     "WarmupReduceLROnPlateau",
     "build_fiber_lr_scheduler",
     "multistep_lr_multiplier",
+    "poly_lr_multiplier",
     "resolve_milestones",
+    "resolve_warmup_iters",
     "warmup_multiplier",
     "weight_decay_multiplier",
 ]
@@ -194,12 +203,102 @@ class OfficialMultiStepParamScheduler(ParamScheduler):
         )
 
 
+class PolynomialDecayParamScheduler(ParamScheduler):
+    """:func:`poly_lr_multiplier` as an fvcore ``ParamScheduler`` (``where`` = iteration /
+    max_iter, detectron2's ``LRMultiplier``)."""
+
+    def __init__(
+        self,
+        *,
+        max_iter: int,
+        warmup_iters: int,
+        warmup_factor: float = 0.0,
+        power: float = 1.0,
+        end_factor: float = 0.0,
+    ):
+        self.max_iter = max_iter
+        self.warmup_iters = warmup_iters
+        self.warmup_factor = warmup_factor
+        self.power = power
+        self.end_factor = end_factor
+
+    def __call__(self, where: float) -> float:
+        return poly_lr_multiplier(
+            int(round(where * self.max_iter)),
+            self.max_iter,
+            self.warmup_iters,
+            warmup_factor=self.warmup_factor,
+            power=self.power,
+            end_factor=self.end_factor,
+        )
+
+
+def poly_lr_multiplier(
+    iteration: int,
+    max_iter: int,
+    warmup_iters: int,
+    *,
+    warmup_factor: float = 0.0,
+    power: float = 1.0,
+    end_factor: float = 0.0,
+) -> float:
+    """LR multiplier of the warm-up + polynomial decay schedule at ``iteration``.
+
+    ``end_factor`` is the final LR over the base LR (transformers' ``lr_end / lr_init``).
+    """
+    if iteration < warmup_iters:
+        return warmup_multiplier(iteration, warmup_iters, warmup_factor, "linear")
+    if iteration > max_iter:
+        return end_factor
+    remaining = 1.0 - (iteration - warmup_iters) / max(1, max_iter - warmup_iters)
+    return (1.0 - end_factor) * remaining**power + end_factor
+
+
+def resolve_warmup_iters(cfg) -> int:
+    """``SOLVER.WARMUP_ITERS``, or ``int(SOLVER.FIBER.WARMUP_FRACTION x MAX_ITER)`` when the
+    fraction is > 0 (official ``warmup_steps`` given as a float)."""
+    s = cfg.SOLVER
+    frac = s.FIBER.WARMUP_FRACTION
+    if frac > 0:
+        if frac >= 1:
+            raise ValueError(f"SOLVER.FIBER.WARMUP_FRACTION must be < 1, got {frac}")
+        return int(s.MAX_ITER * frac)
+    return max(0, s.WARMUP_ITERS)
+
+
+def _build_poly_scheduler(cfg, optimizer: torch.optim.Optimizer):
+    s = cfg.SOLVER
+    end = s.FIBER.POLY_END_LR
+    if not 0 <= end < s.BASE_LR:
+        raise ValueError(
+            f"SOLVER.FIBER.POLY_END_LR ({end}) must be >= 0 and below SOLVER.BASE_LR ({s.BASE_LR})"
+        )
+    warmup_iters = resolve_warmup_iters(cfg)
+    sched = PolynomialDecayParamScheduler(
+        max_iter=s.MAX_ITER,
+        warmup_iters=warmup_iters,
+        warmup_factor=s.WARMUP_FACTOR,
+        power=s.FIBER.POLY_POWER,
+        end_factor=end / s.BASE_LR,
+    )
+    logger.info(
+        "LR schedule: linear warm-up %d iterations (from x%g), then polynomial decay (power %g) "
+        "to %g at iteration %d",
+        warmup_iters,
+        s.WARMUP_FACTOR,
+        s.FIBER.POLY_POWER,
+        end,
+        s.MAX_ITER,
+    )
+    return LRMultiplier(optimizer, multiplier=sched, max_iter=s.MAX_ITER)
+
+
 def build_fiber_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """The LR scheduler of ``cfg`` (see module docstring).
 
     Returns:
-        ``LRMultiplier`` (multi-step; a torch LR scheduler with ``milestones`` attribute added)
-        or :class:`WarmupReduceLROnPlateau` (``SOLVER.FIBER.USE_AUTOSTEP``).
+        ``LRMultiplier`` (multi-step, with ``milestones`` and ``gamma`` attributes added; or
+        polynomial decay) or :class:`WarmupReduceLROnPlateau` (``SOLVER.FIBER.USE_AUTOSTEP``).
     """
     s = cfg.SOLVER
     max_iter = s.MAX_ITER
@@ -217,13 +316,15 @@ def build_fiber_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
             patience=s.FIBER.STEP_PATIENCE,
             min_lr=s.FIBER.MIN_LR,
         )
+    if s.LR_SCHEDULER_NAME == "WarmupPolyLR":
+        return _build_poly_scheduler(cfg, optimizer)
     if s.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
         raise ValueError(
             f"SOLVER.LR_SCHEDULER_NAME {s.LR_SCHEDULER_NAME!r} is not used by the FIBER recipes: "
-            "use WarmupMultiStepLR or SOLVER.FIBER.USE_AUTOSTEP"
+            "use WarmupMultiStepLR, WarmupPolyLR (coarse-grained) or SOLVER.FIBER.USE_AUTOSTEP"
         )
     milestones = resolve_milestones(s.STEPS, max_iter)
-    warmup_iters = max(0, s.WARMUP_ITERS)
+    warmup_iters = resolve_warmup_iters(cfg)
     sched = OfficialMultiStepParamScheduler(
         max_iter=max_iter,
         milestones=milestones,

@@ -16,6 +16,16 @@ rewritten for this package's parameter names:
   not norms for it.
 * frozen parameters (``requires_grad`` False) are left out.
 
+The coarse-grained model (stage 1) has its own official rule, the policy ``"official_coarse"``
+(``set_schedule`` in microsoft/FIBER ``coarse_grained/fiber/modules/fiber_utils.py``): one LR for
+every parameter, x ``lr_mult_head`` for the task heads (``mlm_score``, ``itm_score``, ...) and x
+``lr_mult_cross_modal`` for the cross-modal names (``cross_modal``, ``i2t``, ``t2i``); no weight
+decay for names containing an entry of its no-decay list (``bias``, ``LayerNorm.weight``,
+``norm.weight``, ``norm1.weight``, ...), ``weight_decay`` for the rest. The official names differ
+from ours only by the prefixes ``vit_model.`` / ``text_transformer.`` (ours ``backbone.body.`` /
+``backbone.language.``), which match none of these substrings, so the rule applies to our names
+as it is. Families: "base", "head", "cross_modal".
+
 Each group carries ``family`` ("base" or "lang", for logging), ``kind`` and
 ``initial_weight_decay`` (for the weight-decay schedule). Groups with equal hyper-parameters are
 merged, so the optimizer has a handful of groups instead of one per tensor (the update is the
@@ -34,13 +44,14 @@ __all__ = [
     "ParamRule",
     "build_param_groups",
     "classify_parameter",
+    "coarse_rule",
     "is_official_norm",
     "summarize_param_groups",
 ]
 
 logger = logging.getLogger(__name__)
 
-PARAM_GROUP_POLICIES = ("official", "no_decay_norm_embed")
+PARAM_GROUP_POLICIES = ("official", "no_decay_norm_embed", "official_coarse")
 
 LANG_PREFIX = "backbone.language."
 BODY_PREFIXES = ("backbone.body.", "backbone.tunable_linear")  # officially both under body
@@ -58,6 +69,28 @@ _NO_DECAY_MARKERS = (
     "head.scales.",
     "tunable_linear",
 )
+
+
+# Official coarse rule (set_schedule): substrings of the parameter name.
+COARSE_NO_DECAY = (
+    "bias",
+    "LayerNorm.bias",
+    "LayerNorm.weight",
+    "norm.bias",
+    "norm.weight",
+    "norm1.bias",
+    "norm1.weight",
+    "norm2.bias",
+    "norm2.weight",
+)
+COARSE_HEAD_NAMES = (
+    "vqa_classifier",
+    "nlvr2_classifier",
+    "mlm_score",
+    "itm_score",
+    "snli_classifier",
+)
+COARSE_CROSS_MODAL_NAMES = ("cross_modal", "i2t", "t2i")
 
 
 @dataclass(frozen=True)
@@ -100,11 +133,23 @@ def classify_parameter(
     weight_decay_norm_factor: float = 1.0,
     body_lr_factor: float = 1.0,
     policy: str = "official",
+    lr_mult_head: float = 1.0,
+    lr_mult_cross_modal: float = 1.0,
 ) -> ParamRule:
-    """The :class:`ParamRule` of parameter ``name`` (a ``FIBERDetector`` parameter name)."""
+    """The :class:`ParamRule` of parameter ``name`` (a ``FIBERDetector`` parameter name, or a
+    ``FIBERCoarse`` one for the policy ``"official_coarse"``, which uses only ``base_lr``,
+    ``weight_decay``, ``lr_mult_head`` and ``lr_mult_cross_modal``)."""
     if policy not in PARAM_GROUP_POLICIES:
         raise ValueError(
             f"SOLVER.FIBER.PARAM_GROUPS must be one of {PARAM_GROUP_POLICIES}, got {policy!r}"
+        )
+    if policy == "official_coarse":
+        return coarse_rule(
+            name,
+            base_lr=base_lr,
+            weight_decay=weight_decay,
+            lr_mult_head=lr_mult_head,
+            lr_mult_cross_modal=lr_mult_cross_modal,
         )
     family = "lang" if name.startswith(LANG_PREFIX) else "base"
     lr = lang_lr if family == "lang" else base_lr
@@ -127,6 +172,28 @@ def classify_parameter(
     return ParamRule(family, kind, lr, wd)
 
 
+def coarse_rule(
+    name: str,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    lr_mult_head: float,
+    lr_mult_cross_modal: float,
+) -> ParamRule:
+    """The official coarse-grained rule (``set_schedule``) for parameter ``name``.
+
+    Officially a name that is both a head name and a cross-modal name falls in none of the six
+    groups (it would not be trained); no FIBER parameter is both, and here the head rule wins.
+    """
+    no_decay = any(s in name for s in COARSE_NO_DECAY)
+    wd, kind = (0.0, "no_decay") if no_decay else (weight_decay, "weight")
+    if any(s in name for s in COARSE_HEAD_NAMES):
+        return ParamRule("head", kind, base_lr * lr_mult_head, wd)
+    if any(s in name for s in COARSE_CROSS_MODAL_NAMES):
+        return ParamRule("cross_modal", kind, base_lr * lr_mult_cross_modal, wd)
+    return ParamRule("base", kind, base_lr, wd)
+
+
 def build_param_groups(
     model: nn.Module,
     *,
@@ -138,8 +205,10 @@ def build_param_groups(
     weight_decay_norm_factor: float = 1.0,
     body_lr_factor: float = 1.0,
     policy: str = "official",
+    lr_mult_head: float = 1.0,
+    lr_mult_cross_modal: float = 1.0,
 ) -> List[Dict]:
-    """Optimizer parameter groups of a FIBERDetector (see module docstring).
+    """Optimizer parameter groups of a FIBERDetector or FIBERCoarse (see module docstring).
 
     Returns:
         list[dict]: groups with ``params``, ``lr``, ``weight_decay``, ``initial_weight_decay``,
@@ -161,6 +230,8 @@ def build_param_groups(
             weight_decay_norm_factor=weight_decay_norm_factor,
             body_lr_factor=body_lr_factor,
             policy=policy,
+            lr_mult_head=lr_mult_head,
+            lr_mult_cross_modal=lr_mult_cross_modal,
         )
         key = (rule.family, rule.kind, rule.lr, rule.weight_decay)
         if key not in groups:
