@@ -408,6 +408,9 @@ def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBack
             f"MODEL.FPN.IN_FEATURES {cfg.MODEL.FPN.IN_FEATURES} needs more Swin stages"
         )
     swin = swin_from_cfg(cfg, in_stages)
+    # built in this order (Swin, RoBERTa, FPN): a model initialised from scratch with a seed
+    # keeps its initial weights across versions
+    text_encoder = text_encoder_from_cfg(cfg, swin)
     fpn = FIBERFPN(
         [swin.num_features[s] for s in in_stages],
         cfg.MODEL.FPN.OUT_CHANNELS,
@@ -416,7 +419,7 @@ def build_fiber_backbone(cfg, input_shape: ShapeSpec | None = None) -> FIBERBack
     )
     backbone = FIBERBackbone(
         swin=swin,
-        text_encoder=text_encoder_from_cfg(cfg, swin),
+        text_encoder=text_encoder,
         fpn=fpn,
         in_stages=in_stages,
         size_divisibility=cfg.MODEL.FIBER.SIZE_DIVISIBILITY,
