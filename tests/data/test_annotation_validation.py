@@ -231,3 +231,20 @@ def test_mdetr_malformed_spans_are_dropped_and_counted(tmp_path, caplog):
     bad["images"][0]["tokens_positive_eval"] = "0-5"
     with pytest.raises(AnnotationError, match="tokens_positive_eval '0-5': it must be a list"):
         _load("mdetr", bad, tmp_path)
+
+
+def test_intra_scenario_d3_needs_the_pickle_opt_in(tmp_path, monkeypatch):
+    """The D3 toolkit unpickles d3_pkl/*.pkl: refused without FIBER_D3_ALLOW_PICKLE=1, before
+    any file is opened."""
+    from fiber_det.data.datasets.d3 import D3_PICKLE_OPT_IN, d3_group_sent_ids
+
+    pkl = tmp_path / "d3_pkl"
+    pkl.mkdir()
+    (pkl / "images.pkl").write_bytes(b"not read")
+    monkeypatch.delenv(D3_PICKLE_OPT_IN, raising=False)
+    with pytest.raises(PermissionError, match=D3_PICKLE_OPT_IN):
+        d3_group_sent_ids(str(tmp_path), str(pkl), [1])
+    monkeypatch.setenv(D3_PICKLE_OPT_IN, "1")  # opted in: goes on to the toolkit and its files
+    with pytest.raises((ImportError, FileNotFoundError, OSError, ValueError)) as err:
+        d3_group_sent_ids(str(tmp_path), str(pkl), [1])
+    assert not isinstance(err.value, PermissionError)

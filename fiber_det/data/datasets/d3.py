@@ -29,8 +29,22 @@ __all__ = ["load_d3_json", "register_d3_dataset", "d3_group_sent_ids"]
 logger = logging.getLogger(__name__)
 
 
+#: Environment variable that allows the D3 toolkit to unpickle its ``d3_pkl`` files.
+D3_PICKLE_OPT_IN = "FIBER_D3_ALLOW_PICKLE"
+
+
 def d3_group_sent_ids(image_root: str, pkl_root: str, image_ids: List[int]) -> Dict[int, List[int]]:
-    """Per image id, the ``sent_id`` of its group's descriptions, through the ``d_cube`` toolkit."""
+    """Per image id, the ``sent_id`` of its group's descriptions, through the ``d_cube`` toolkit.
+
+    The toolkit reads ``d3_pkl/*.pkl`` with ``pickle``, which can run code: it is only called
+    with the explicit opt-in ``FIBER_D3_ALLOW_PICKLE=1`` in the environment (files from the
+    official D3 release you trust)."""
+    if os.environ.get(D3_PICKLE_OPT_IN) != "1":
+        raise PermissionError(
+            f"intra-scenario D3 reads the toolkit's pickle files in {pkl_root} (unpickling can run "
+            f"code); if they are the official D3 release you trust, set {D3_PICKLE_OPT_IN}=1 in "
+            "the environment, or register the split with intra_scenario=False (inter-scenario)"
+        )
     try:
         from d_cube import D3
     except ImportError as e:
