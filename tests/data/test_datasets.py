@@ -13,6 +13,7 @@ from fiber_det.data import (
     register_grounding_dataset,
 )
 from fiber_det.data.datasets import builtin
+from fiber_det.data.datasets.d3 import D3_PICKLE_OPT_IN
 
 from .tiny_data import (
     D3_GROUPS,
@@ -262,7 +263,8 @@ def test_builtin_layouts_load(builtin_root):
         DatasetCatalog.get("refcoco_val")
 
 
-def test_d3_dicts_carry_their_group_descriptions(builtin_root):
+def test_d3_dicts_carry_their_group_descriptions(builtin_root, monkeypatch):
+    monkeypatch.setenv(D3_PICKLE_OPT_IN, "1")  # the toolkit's pickles written by this test
     write_d3(builtin_root)
     dicts = DatasetCatalog.get("d3_full")
     assert [d["sent_ids"] for d in dicts] == [sorted(D3_GROUPS[0]), sorted(D3_GROUPS[1])]
@@ -274,7 +276,8 @@ def test_d3_dicts_carry_their_group_descriptions(builtin_root):
     assert MetadataCatalog.get("d3_abs").thing_classes == ["a hat that is not blue"]
 
 
-def test_d3_without_toolkit_files_is_a_clear_error(builtin_root):
+def test_d3_without_toolkit_files_is_a_clear_error(builtin_root, monkeypatch):
+    monkeypatch.setenv(D3_PICKLE_OPT_IN, "1")
     paths = write_d3(builtin_root)
     os.remove(os.path.join(paths["pkl"], "groups.pkl"))
     with pytest.raises(FileNotFoundError, match="groups.pkl.*datasets/README.md"):

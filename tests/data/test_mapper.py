@@ -10,6 +10,7 @@ from fiber_det.data import (
     register_detection_dataset,
     register_grounding_dataset,
 )
+from fiber_det.data.datasets.d3 import D3_PICKLE_OPT_IN
 from fiber_det.data.transforms import official_resize_shape
 from fiber_det.text import count_name_tokens
 
@@ -224,8 +225,9 @@ def test_eval_grounding_rows_are_the_phrases_to_evaluate(flickr, make_mapper, to
 
 
 def test_d3_eval_queries_the_group_descriptions_one_per_prompt(
-    builtin_root, make_mapper, tokenizer
+    builtin_root, make_mapper, tokenizer, monkeypatch
 ):
+    monkeypatch.setenv(D3_PICKLE_OPT_IN, "1")  # the toolkit's pickles written by this test
     write_d3(builtin_root)
     dicts = get_fiber_dataset_dicts(["d3_full"])
     out = make_mapper(False, ["d3_full"])(dicts[0])
