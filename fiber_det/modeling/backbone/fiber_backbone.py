@@ -378,6 +378,7 @@ def swin_from_cfg(cfg, out_indices: Sequence[int], **options) -> FusionSwinTrans
         pretrain_img_size=sw.PRETRAIN_IMG_SIZE,
         frozen_stages=sw.FROZEN_STAGES,
         use_checkpoint=sw.USE_CHECKPOINT,
+        recompute_activations=sw.RECOMPUTE_ACTIVATIONS,
     )
     kwargs.update(options)
     return FusionSwinTransformer(**kwargs)

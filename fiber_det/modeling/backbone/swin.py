@@ -37,16 +37,58 @@ def _drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
     return x * mask / keep
 
 
+class _GeluThenLinear(torch.autograd.Function):
+    """``F.linear(F.gelu(h), weight, bias)`` that keeps ``h`` for the backward pass and computes
+    ``gelu(h)`` again there, instead of keeping both ``h`` (for the GELU's gradient) and
+    ``gelu(h)`` (for the weight's). The MLP then holds one (tokens, 4C) activation instead of
+    two. The backward pass uses the ops autograd uses for ``nn.GELU`` and ``nn.Linear``
+    (``gelu_backward``, ``mm``): the gradients are the same numbers (tested bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        h, weight = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        go = grad_out.reshape(-1, grad_out.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_a = go.mm(weight).view(h.shape)
+            grad_h = torch.ops.aten.gelu_backward(grad_a, h)
+        if ctx.needs_input_grad[1]:
+            grad_w = go.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = go.sum(0)
+        return grad_h, grad_w, grad_b
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    """fc1, GELU, fc2.
+
+    ``recompute``: in training (no dropout, no autocast), the GELU's output is not kept for the
+    backward pass but computed again from fc1's output (:class:`_GeluThenLinear`)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, *, recompute: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.recompute = recompute
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        if (
+            self.recompute
+            and torch.is_grad_enabled()
+            and not (self.training and self.drop.p > 0)
+            and not torch.is_autocast_enabled(h.device.type)
+        ):
+            return _GeluThenLinear.apply(h, self.fc2.weight, self.fc2.bias)
+        return self.drop(self.fc2(self.drop(self.act(h))))
 
 
 def _relative_position_index(window: int) -> Tensor:
@@ -77,9 +119,11 @@ class WindowAttention(nn.Module):
         proj_drop: float = 0.0,
         text_dim: int | None = None,
         fusion_version: str = "v2",
+        recompute: bool = False,
     ):
         super().__init__()
         self.dim = dim
+        self.recompute = recompute
         self.window_size = window_size
         self.num_heads = num_heads
         self.attn_drop = attn_drop
@@ -119,8 +163,28 @@ class WindowAttention(nn.Module):
         Returns:
             Tensor: (B, nW, N, C).
         """
-        b, nw, n, c = windows.shape
-        qkv = self.qkv(windows).view(b, nw, n, 3, self.num_heads, c // self.num_heads)
+        qkv = self.qkv(windows)
+        if self.recompute and qkv.requires_grad and qkv.device.type == "cpu":
+            # On CPU, SDPA with a bias that needs a gradient runs its unfused path, which keeps
+            # the (nW, nH, N, N) attention of every image for the backward pass: recompute it
+            # there from qkv instead (exact: the same ops run again on the same inputs). CUDA's
+            # fused kernels keep no attention matrix, so there is nothing to save there.
+            out = activation_checkpoint.checkpoint(
+                self._attend,
+                qkv,
+                shift_mask,
+                use_reentrant=False,
+                preserve_rng_state=self.training and self.attn_drop > 0,
+            )
+        else:
+            out = self._attend(qkv, shift_mask)
+        return self.proj_drop(self.proj(out))
+
+    def _attend(self, qkv: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """(B, nW, N, 3C) projected windows -> (B, nW, N, C) attention output, heads merged."""
+        b, nw, n, c3 = qkv.shape
+        c = c3 // 3
+        qkv = qkv.view(b, nw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, nH, N, hd)
         bias = self.relative_bias().unsqueeze(0)  # (1, nH, N, N)
         if shift_mask is not None:
@@ -134,8 +198,7 @@ class WindowAttention(nn.Module):
             for i in range(b)
         ]
         out = outs[0].unsqueeze(0) if b == 1 else torch.stack(outs)
-        out = out.transpose(2, 3).reshape(b, nw, n, c)
-        return self.proj_drop(self.proj(out))
+        return out.transpose(2, 3).reshape(b, nw, n, c)
 
     def image_to_text(self, x: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
         """Gated image-to-text cross-attention, one query per image token.
@@ -188,6 +251,7 @@ class SwinBlock(nn.Module):
         text_dim: int | None = None,
         fusion_version: str = "v2",
         shift_single_window: bool = True,
+        recompute: bool = False,
     ):
         super().__init__()
         self.window_size = window_size
@@ -204,9 +268,10 @@ class SwinBlock(nn.Module):
             proj_drop=drop,
             text_dim=text_dim,
             fusion_version=fusion_version,
+            recompute=recompute,
         )
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, recompute=recompute)
 
     @property
     def fused(self) -> bool:
@@ -428,6 +493,9 @@ class FusionSwinTransformer(nn.Module):
         ape (bool), pretrain_img_size (int): absolute position embedding (off in FIBER).
         frozen_stages (int): official FREEZE_CONV_BODY_AT semantics (see config).
         use_checkpoint (bool): activation checkpointing of blocks in training.
+        recompute_activations (bool): in training, recompute the MLP's GELU and (on CPU) the
+            window attention in the backward pass instead of keeping them (same gradients;
+            no matmul of the block's linear layers is repeated, unlike ``use_checkpoint``).
         shift_single_window (bool): shift the windows of every other block even when the feature
             map fits in one window (detection Swin, True); False follows the classification
             Swin of the coarse-grained FIBER model (timm), which does not shift such a map.
@@ -454,6 +522,7 @@ class FusionSwinTransformer(nn.Module):
         pretrain_img_size: int = 384,
         frozen_stages: int = -1,
         use_checkpoint: bool = False,
+        recompute_activations: bool = False,
         shift_single_window: bool = True,
         final_norm: bool = False,
     ):
@@ -507,6 +576,7 @@ class FusionSwinTransformer(nn.Module):
                         text_dim=text_dim if g >= first_fused else None,
                         fusion_version=fusion_version,
                         shift_single_window=shift_single_window,
+                        recompute=recompute_activations,
                     )
                 )
                 g += 1

@@ -1,0 +1,137 @@
+"""MODEL.SWIN.RECOMPUTE_ACTIVATIONS: the GELU output and (CPU) the window attention are
+recomputed in the backward pass; outputs and gradients are the same numbers, less is kept."""
+
+import pytest
+import torch
+from detectron2.modeling import build_backbone
+
+from fiber_det.modeling.backbone.swin import Mlp, SwinBlock, window_gather_index
+from fiber_det.utils.testing import get_tiny_config
+
+from .test_backbone import _open_gates, _text
+
+
+def _grads(module, *inputs):
+    return [p.grad.clone() for p in module.parameters()] + [x.grad.clone() for x in inputs]
+
+
+def _run_block(block, x, hw, mask, grad):
+    xi = x.clone().requires_grad_()
+    index = window_gather_index(*hw, block.window_size, block.effective_shift(hw), x.device)
+    out = block(xi, hw, mask, window_index=index)
+    out.backward(grad)
+    return out.detach(), _grads(block, xi)
+
+
+def _pair(shift):
+    torch.manual_seed(0)
+    plain = SwinBlock(32, 2, 7, shift).train()
+    fast = SwinBlock(32, 2, 7, shift, recompute=True).train()
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+def _shift_mask(h, w, ws, shift):
+    """Swin's additive mask of shifted windows (reference construction)."""
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    region = torch.zeros(1, hp, wp, 1)
+    cnt = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            region[:, hs, wsl, :] = cnt
+            cnt += 1
+    win = region.view(1, hp // ws, ws, wp // ws, ws, 1).permute(0, 1, 3, 2, 4, 5)
+    win = win.reshape(-1, ws * ws)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_recomputed_block_gives_the_same_output_and_gradients(shift):
+    """Bit for bit: the recomputation runs the same ops on the same inputs (odd map size, so
+    windows are padded)."""
+    h, w = 17, 22
+    plain, fast = _pair(shift)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, h * w, 32, generator=g)
+    grad = torch.randn(2, h * w, 32, generator=g)
+    mask = _shift_mask(h, w, 7, shift) if shift else None
+    out_a, grads_a = _run_block(plain, x, (h, w), mask, grad)
+    out_b, grads_b = _run_block(fast, x, (h, w), mask, grad)
+    assert torch.equal(out_a, out_b)
+    assert len(grads_a) == len(grads_b)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.equal(a, b)
+
+
+def _saved_numels(fn):
+    """Element counts of the tensors autograd keeps for the backward pass during ``fn()``,
+    parameters left out."""
+    numels = []
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            numels.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return numels
+
+
+def test_recompute_keeps_no_attention_matrix_and_one_gelu_activation():
+    h, w, ws, heads, dim = 14, 14, 7, 2, 32
+    attention = 2 * (h // ws) * (w // ws) * heads * (ws * ws) ** 2  # B nW nH N N
+    hidden = 2 * h * w * 4 * dim  # the MLP's (tokens, 4C) activations
+    mask = _shift_mask(h, w, ws, 3)
+    x = torch.randn(2, h * w, dim)
+    counts = {}
+    index = window_gather_index(h, w, ws, 3, x.device)
+    for block, name in zip(_pair(3), ("plain", "recompute")):
+
+        def forward(block=block):
+            return block(x.clone().requires_grad_(), (h, w), mask, window_index=index)
+
+        saved = _saved_numels(forward)
+        counts[name] = (
+            sum(n >= attention // 2 for n in saved if n % (ws * ws) ** 2 == 0 and n != hidden),
+            sum(n == hidden for n in saved),
+        )
+    assert counts["plain"][0] >= 1 and counts["plain"][1] == 2  # GELU input and output kept
+    assert counts["recompute"] == (0, 1)  # only the GELU input
+
+
+def test_mlp_falls_back_to_plain_ops_with_dropout_or_autocast():
+    """With dropout in training (or autocast) the MLP runs its modules: same RNG use, same
+    output as the plain MLP."""
+    torch.manual_seed(0)
+    plain, fast = Mlp(16, 64, drop=0.3).train(), Mlp(16, 64, drop=0.3, recompute=True).train()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 10, 16, requires_grad=True)
+    torch.manual_seed(5)
+    a = plain(x)
+    torch.manual_seed(5)
+    b = fast(x)
+    assert torch.equal(a, b) and (a == 0).any()  # dropout applied in both
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast.eval()(x).dtype == torch.bfloat16
+
+
+def test_backbone_gradients_do_not_depend_on_the_option(tokenizer_dir):
+    """The tiny FIBER backbone (fused blocks, padded windows), one training step: every gradient
+    is the same with and without MODEL.SWIN.RECOMPUTE_ACTIVATIONS."""
+    results = []
+    for recompute in (False, True):
+        cfg = get_tiny_config(tokenizer_dir, ["MODEL.SWIN.RECOMPUTE_ACTIVATIONS", recompute])
+        torch.manual_seed(0)
+        bb = build_backbone(cfg).train()
+        _open_gates(bb)
+        ids, mask = _text()
+        images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(2))
+        feats, text = bb(images, ids, mask)
+        loss = sum((f * f).mean() for f in feats.values()) + (text.hidden**2).mean()
+        loss.backward()
+        results.append({n: p.grad for n, p in bb.named_parameters() if p.grad is not None})
+    assert results[0].keys() == results[1].keys() and len(results[0]) > 50
+    different = [n for n in results[0] if not torch.equal(results[0][n], results[1][n])]
+    assert not different
