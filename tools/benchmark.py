@@ -80,6 +80,13 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--train-size", type=int, default=512)
     p.add_argument("--train-rounds", type=int, default=2, help="fresh processes per config")
+    p.add_argument(
+        "--train-rows",
+        nargs="*",
+        default=[],
+        metavar="TEXT",
+        help="only the training rows whose name contains one of these (default: all)",
+    )
     p.add_argument("--profile-sizes", nargs="*", default=["512x512", "800x1216"])
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections left out")
     p.add_argument("--compile", action="store_true", help="add a torch.compile row (minutes)")
@@ -144,13 +151,16 @@ def bench_train(args, device):
     """Each training configuration in fresh processes, ``--train-rounds`` rounds in turns."""
     runs = []
     for _ in range(args.train_rounds):
-        for name, config, opts in train_specs(args.quick, args.config_file):
+        for name, config, opts, extra in train_specs(args.quick, args.config_file):
+            if args.train_rows and not any(k in name for k in args.train_rows):
+                continue
             spec = {
                 "config": config,
                 "opts": opts,
                 "size": args.train_size,
                 "device": str(device),
                 "repeats": args.repeats,
+                **extra,
             }
             cmd = [sys.executable, os.path.abspath(__file__), "--train-worker", json.dumps(spec)]
             if args.threads:

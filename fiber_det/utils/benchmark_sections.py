@@ -340,27 +340,35 @@ def _train_batch(prompt, size, device):
 
 
 def train_specs(quick: bool, config_file: str):
-    """(name, config file, extra options) of each training configuration."""
+    """(name, config file, extra options, worker spec additions) of each training configuration.
+
+    The first row is the code before the memory work of issue #14 (every activation and the DCN
+    columns kept, the official 256-token padding): the baseline of the others in the same run."""
     tiny = "tiny/fiber_tiny.yaml"
     if quick:
         return [
-            ("tiny, grid_sample DCN", tiny, []),
-            ("tiny, torchvision DCN", tiny, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"]),
+            ("tiny, grid_sample DCN", tiny, [], {}),
+            ("tiny, torchvision DCN", tiny, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"], {}),
         ]
     gs = ["MODEL.DYHEAD.DCN_IMPL", "grid_sample"]
+    keep_swin = ["MODEL.SWIN.RECOMPUTE_ACTIVATIONS", False]
+    keep_columns = ["MODEL.DYHEAD.DCN_RECOMPUTE", False]
     checkpoint = []
     for key in ("SWIN", "LANGUAGE", "DYHEAD"):
         checkpoint += [f"MODEL.{key}.USE_CHECKPOINT", True]
     return [
-        ("grid_sample DCN, columns recomputed (default)", config_file, gs),
         (
-            "grid_sample DCN, columns kept (before)",
+            "before: all kept, 256-token prompt",
             config_file,
-            gs + ["MODEL.DYHEAD.DCN_RECOMPUTE", False],
+            gs + keep_swin + keep_columns,
+            {"pad_to": 256},
         ),
-        ("torchvision DCN", config_file, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"]),
-        ("default + USE_CHECKPOINT (Swin, RoBERTa, DyHead)", config_file, gs + checkpoint),
-        (tiny, tiny, []),
+        ("default: DCN columns and Swin GELU / attention recomputed", config_file, gs, {}),
+        ("default, Swin activations kept", config_file, gs + keep_swin, {}),
+        ("default, DCN columns kept", config_file, gs + keep_columns, {}),
+        ("torchvision DCN", config_file, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"], {}),
+        ("default + USE_CHECKPOINT (Swin, RoBERTa, DyHead)", config_file, gs + checkpoint, {}),
+        (tiny, tiny, [], {}),
     ]
 
 
@@ -391,7 +399,7 @@ def train_worker(spec: dict) -> dict:
     model = build_model(cfg).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     with tempfile.TemporaryDirectory() as tmp:
-        prompt = prompt_of_length(build_test_tokenizer(tmp), 12)
+        prompt = prompt_of_length(build_test_tokenizer(tmp), 12, pad_to=spec.get("pad_to", 0))
     batch = _train_batch(prompt, spec["size"], device)
     model_rss = rss_mb()
 
