@@ -124,10 +124,11 @@ def _add_swin_keys(cfg: CN) -> None:
     cfg.MODEL.SWIN.FROZEN_STAGES = -1
     # Activation checkpointing of Swin blocks (saves memory in training, no effect in eval).
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
-    # Training memory: recompute the MLP's GELU and, on CPU, the window attention (whose
-    # unfused SDPA path keeps every (nW, nH, N, N) attention matrix) in the backward pass
-    # instead of keeping them. Same gradients, bit for bit; unlike USE_CHECKPOINT, no matmul of
-    # the linear layers runs twice. No effect in evaluation. False keeps them (faster backward).
+    # Training memory: recompute in the backward pass, instead of keeping them, the normalised
+    # tokens of both LayerNorms (and the window gather after norm1), the MLP's GELU and, on CPU,
+    # the window attention (whose unfused SDPA path keeps every (nW, nH, N, N) attention
+    # matrix). Same gradients, bit for bit; unlike USE_CHECKPOINT, no matmul of the linear
+    # layers runs twice. No effect in evaluation. False keeps them (faster backward).
     cfg.MODEL.SWIN.RECOMPUTE_ACTIVATIONS = True
     # Path to ImageNet Swin weights (Microsoft or timm layout) loaded when MODEL.WEIGHTS is empty.
     cfg.MODEL.SWIN.WEIGHTS = ""

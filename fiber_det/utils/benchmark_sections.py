@@ -363,7 +363,7 @@ def train_specs(quick: bool, config_file: str):
             gs + keep_swin + keep_columns,
             {"pad_to": 256},
         ),
-        ("default: DCN columns and Swin GELU / attention recomputed", config_file, gs, {}),
+        ("default: DCN columns, Swin norms / attention / GELU recomputed", config_file, gs, {}),
         ("default, Swin activations kept", config_file, gs + keep_swin, {}),
         ("default, DCN columns kept", config_file, gs + keep_columns, {}),
         ("torchvision DCN", config_file, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"], {}),

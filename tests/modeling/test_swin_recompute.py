@@ -64,25 +64,27 @@ def test_recomputed_block_gives_the_same_output_and_gradients(shift):
         assert torch.equal(a, b)
 
 
-def _saved_numels(fn):
-    """Element counts of the tensors autograd keeps for the backward pass during ``fn()``,
-    parameters left out."""
-    numels = []
+def _saved_storage_numels(fn):
+    """Element counts of the storages autograd keeps for the backward pass during ``fn()``
+    (each storage once, however many views of it are saved), parameters left out."""
+    storages = {}
 
     def pack(t):
         if not isinstance(t, torch.nn.Parameter):
-            numels.append(t.numel())
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes() // t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return numels
+    return list(storages.values())
 
 
-def test_recompute_keeps_no_attention_matrix_and_one_gelu_activation():
-    h, w, ws, heads, dim = 14, 14, 7, 2, 32
-    attention = 2 * (h // ws) * (w // ws) * heads * (ws * ws) ** 2  # B nW nH N N
-    hidden = 2 * h * w * 4 * dim  # the MLP's (tokens, 4C) activations
+def test_recompute_keeps_no_attention_matrix_gelu_output_or_normalised_tokens():
+    h, w, ws, heads, dim = 14, 14, 7, 2, 32  # whole windows: the windows have the tokens' size
+    attention = (h // ws) * (w // ws) * heads * (ws * ws) ** 2  # one image's nW nH N N
+    tokens = 2 * h * w * dim  # a (B, H*W, C) activation
+    hidden = 4 * tokens  # the MLP's (B, H*W, 4C) activations
     mask = _shift_mask(h, w, ws, 3)
     x = torch.randn(2, h * w, dim)
     counts = {}
@@ -92,13 +94,15 @@ def test_recompute_keeps_no_attention_matrix_and_one_gelu_activation():
         def forward(block=block):
             return block(x.clone().requires_grad_(), (h, w), mask, window_index=index)
 
-        saved = _saved_numels(forward)
-        counts[name] = (
-            sum(n >= attention // 2 for n in saved if n % (ws * ws) ** 2 == 0 and n != hidden),
-            sum(n == hidden for n in saved),
-        )
-    assert counts["plain"][0] >= 1 and counts["plain"][1] == 2  # GELU input and output kept
-    assert counts["recompute"] == (0, 1)  # only the GELU input
+        saved = _saved_storage_numels(forward)
+        counts[name] = tuple(sum(n == size for n in saved) for size in (attention, hidden, tokens))
+    plain_attention, plain_hidden, plain_tokens = counts["plain"]
+    assert plain_attention >= 1
+    assert plain_hidden == 2  # GELU input and output
+    # norm1 input, normalised windows, attention output, norm2 input, norm2 output
+    assert plain_tokens == 5
+    # only the GELU input; norm1 input, attention output, norm2 input
+    assert counts["recompute"] == (0, 1, 3)
 
 
 def test_mlp_falls_back_to_plain_ops_with_dropout_or_autocast():

@@ -65,6 +65,60 @@ class _GeluThenLinear(torch.autograd.Function):
         return grad_h, grad_w, grad_b
 
 
+class _NormThenLinear(torch.autograd.Function):
+    """``F.linear(g(F.layer_norm(x)), weight, bias)``, where ``g`` is the optional window gather
+    (``index_select`` of ``src`` along the tokens, then zeros at ``pad_slots``), keeping ``x``
+    and the LayerNorm's statistics for the backward pass instead of the normalised tokens: the
+    LayerNorm keeps ``x`` anyway, so the linear layer's input costs nothing more. The backward
+    pass computes the normalised tokens again with the same op and goes back through the ops
+    autograd uses (``mm``, ``index_fill``, ``index_add_``, ``native_layer_norm_backward``): the
+    gradients are the same numbers (tested bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, x, ln_weight, ln_bias, eps, weight, bias, src, pad_slots):
+        y = _normalise_and_gather(x, ln_weight, ln_bias, eps, src, pad_slots)[0]
+        ctx.eps = eps
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, ln_weight, ln_bias, weight, src, pad_slots)
+        return F.linear(y, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, ln_weight, ln_bias, weight, src, pad_slots = ctx.saved_tensors
+        y, mean, rstd = _normalise_and_gather(x, ln_weight, ln_bias, ctx.eps, src, pad_slots)
+        go = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_w = go.t().mm(y.reshape(-1, y.shape[-1])) if ctx.needs_input_grad[4] else None
+        grad_b = go.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
+        grad_x = grad_lnw = grad_lnb = None
+        needs_norm = ctx.needs_input_grad[:3]
+        if any(needs_norm):
+            grad_y = go.mm(weight).view(y.shape)
+            if pad_slots is not None:
+                grad_y = grad_y.index_fill(1, pad_slots, 0.0)
+            if src is not None:
+                grad_y = grad_y.new_zeros(x.shape).index_add_(1, src, grad_y)
+            grad_x, grad_lnw, grad_lnb = torch.ops.aten.native_layer_norm_backward(
+                grad_y, x, [x.shape[-1]], mean, rstd, ln_weight, ln_bias, list(needs_norm)
+            )
+        return grad_x, grad_lnw, grad_lnb, None, grad_w, grad_b, None, None
+
+
+def _normalise_and_gather(x, ln_weight, ln_bias, eps, src, pad_slots):
+    """(LayerNorm of x, gathered into windows when ``src`` is given, mean, rstd)."""
+    y, mean, rstd = torch.native_layer_norm(x, [x.shape[-1]], ln_weight, ln_bias, eps)
+    if src is not None:
+        y = y.index_select(1, src)
+        if pad_slots is not None:
+            y.index_fill_(1, pad_slots, 0.0)
+    return y, mean, rstd
+
+
+def _recomputing(enabled: bool, t: Tensor) -> bool:
+    """Whether a ``recompute`` module takes its recomputing path for input ``t``: only where
+    autograd records (training) and outside autocast, whose casts the functions do not make."""
+    return enabled and torch.is_grad_enabled() and not torch.is_autocast_enabled(t.device.type)
+
+
 class Mlp(nn.Module):
     """fc1, GELU, fc2.
 
@@ -79,15 +133,19 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
         self.recompute = recompute
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc1(x)
-        if (
-            self.recompute
-            and torch.is_grad_enabled()
-            and not (self.training and self.drop.p > 0)
-            and not torch.is_autocast_enabled(h.device.type)
-        ):
+    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None) -> Tensor:
+        """MLP of ``x``, or of ``norm(x)`` when ``norm`` is given (with ``recompute``, the
+        normalised tokens are then not kept either: :class:`_NormThenLinear`)."""
+        if _recomputing(self.recompute, x) and not (self.training and self.drop.p > 0):
+            if norm is None:
+                h = self.fc1(x)
+            else:
+                fc1 = self.fc1
+                h = _NormThenLinear.apply(
+                    x, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, None, None
+                )
             return _GeluThenLinear.apply(h, self.fc2.weight, self.fc2.bias)
+        h = self.fc1(x if norm is None else norm(x))
         return self.drop(self.fc2(self.drop(self.act(h))))
 
 
@@ -163,7 +221,10 @@ class WindowAttention(nn.Module):
         Returns:
             Tensor: (B, nW, N, C).
         """
-        qkv = self.qkv(windows)
+        return self.attend_projected(self.qkv(windows), shift_mask)
+
+    def attend_projected(self, qkv: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """:meth:`forward` from the (B, nW, N, 3C) ``qkv`` projection of the windows."""
         if self.recompute and qkv.requires_grad and qkv.device.type == "cpu":
             # On CPU, SDPA with a bias that needs a gradient runs its unfused path, which keeps
             # the (nW, nH, N, N) attention of every image for the backward pass: recompute it
@@ -272,6 +333,7 @@ class SwinBlock(nn.Module):
         )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, recompute=recompute)
+        self.recompute = recompute
 
     @property
     def fused(self) -> bool:
@@ -320,17 +382,26 @@ class SwinBlock(nn.Module):
             if window_index is None:
                 window_index = window_gather_index(h, w, ws, shift, x.device)
             src, pad_slots, inverse = window_index
-            windows = self.norm1(x).index_select(1, src)
-            if pad_slots is not None:
-                windows.index_fill_(1, pad_slots, 0.0)
-            out = self.attn(windows.view(b, -1, ws * ws, c), shift_mask if shift > 0 else None)
+            mask = shift_mask if shift > 0 else None
+            if _recomputing(self.recompute, x):
+                # the normalised windows are not kept for qkv's backward: recomputed there
+                n1, qkv = self.norm1, self.attn.qkv
+                qkv = _NormThenLinear.apply(
+                    x, n1.weight, n1.bias, n1.eps, qkv.weight, qkv.bias, src, pad_slots
+                )
+                out = self.attn.attend_projected(qkv.view(b, -1, ws * ws, 3 * c), mask)
+            else:
+                windows = self.norm1(x).index_select(1, src)
+                if pad_slots is not None:
+                    windows.index_fill_(1, pad_slots, 0.0)
+                out = self.attn(windows.view(b, -1, ws * ws, c), mask)
             out = out.view(b, -1, c).index_select(1, inverse)  # token order, shift undone
         if self.fused and fusion:
             if text is None:
                 raise ValueError("a fused Swin block needs the text states (text=None given)")
             out = self.attn.image_to_text(out, text, text_mask)
         x = shortcut + _drop_path(out, self.drop_path, self.training)
-        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        return x + _drop_path(self.mlp(x, self.norm2), self.drop_path, self.training)
 
     def _attend_windows_reference(
         self, x: Tensor, hw: Tuple[int, int], shift: int, shift_mask: Tensor
@@ -493,9 +564,10 @@ class FusionSwinTransformer(nn.Module):
         ape (bool), pretrain_img_size (int): absolute position embedding (off in FIBER).
         frozen_stages (int): official FREEZE_CONV_BODY_AT semantics (see config).
         use_checkpoint (bool): activation checkpointing of blocks in training.
-        recompute_activations (bool): in training, recompute the MLP's GELU and (on CPU) the
-            window attention in the backward pass instead of keeping them (same gradients;
-            no matmul of the block's linear layers is repeated, unlike ``use_checkpoint``).
+        recompute_activations (bool): in training, recompute the normalised tokens of both
+            LayerNorms, the MLP's GELU and (on CPU) the window attention in the backward pass
+            instead of keeping them (same gradients; no matmul of the block's linear layers is
+            repeated, unlike ``use_checkpoint``).
         shift_single_window (bool): shift the windows of every other block even when the feature
             map fits in one window (detection Swin, True); False follows the classification
             Swin of the coarse-grained FIBER model (timm), which does not shift such a map.
