@@ -259,3 +259,18 @@ def test_compiled_backbone_equals_eager(tokenizer_dir):
     for a, b in zip(ref.values(), got.values()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     assert torch.allclose(ref_text.hidden, got_text.hidden, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_blocks_leaves_room_for_every_block(tokenizer_dir, monkeypatch):
+    """Each compiled block recompiles the same forward code; with dynamo's default limit (8)
+    FIBER-B's 24 Swin blocks would run eagerly past the 8th, so compile_blocks raises it."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    cfg = get_tiny_config(tokenizer_dir, ["MODEL.SWIN.DEPTHS", [2, 2, 6, 2]])
+    backbone = build_backbone(cfg)
+    blocks = [b for stage in backbone.body.layers for b in stage.blocks]
+    assert len(blocks) == 12
+    backbone.compile_blocks("eager")
+    assert torch._dynamo.config.recompile_limit >= len(blocks)
+    assert blocks[-1]._compiled_call_impl is not None

@@ -315,6 +315,15 @@ class FIBERBackbone(Backbone):
         """
         modules = [blk for stage in self.body.layers for blk in stage.blocks]
         modules += list(self.language.encoder.layer) + [self.fpn]
+        # Dynamo guards on the module: every block is one more compilation of the same
+        # ``SwinBlock.forward`` code, and past ``recompile_limit`` (8 by default) it silently
+        # runs the rest eagerly (FIBER-B's Swin has 24 blocks). Room for each block at a few
+        # input sizes; the limit is process-wide and only ever raised here.
+        import torch._dynamo  # here: loading dynamo would cost every process that never compiles
+
+        needed = 4 * len(modules)
+        if torch._dynamo.config.recompile_limit < needed:
+            torch._dynamo.config.recompile_limit = needed
         for m in modules:
             m.compile(backend=backend, **options)
 
