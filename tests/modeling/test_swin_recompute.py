@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.modeling import build_backbone
 
-from fiber_det.modeling.backbone.swin import Mlp, SwinBlock, window_gather_index
+from fiber_det.modeling.backbone.swin import Mlp, SwinBlock, SwinStage, window_gather_index
 from fiber_det.utils.testing import get_tiny_config
 
 from .test_backbone import _open_gates, _text
@@ -31,19 +31,9 @@ def _pair(shift):
     return plain, fast
 
 
-def _shift_mask(h, w, ws, shift):
-    """Swin's additive mask of shifted windows (reference construction)."""
-    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-    region = torch.zeros(1, hp, wp, 1)
-    cnt = 0
-    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            region[:, hs, wsl, :] = cnt
-            cnt += 1
-    win = region.view(1, hp // ws, ws, wp // ws, ws, 1).permute(0, 1, 3, 2, 4, 5)
-    win = win.reshape(-1, ws * ws)
-    diff = win.unsqueeze(1) - win.unsqueeze(2)
-    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+def _shift_mask(block, h, w):
+    """The stage's additive mask of shifted windows (SwinStage.shift_mask)."""
+    return SwinStage([block], None).shift_mask((h, w), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("shift", [0, 3])
@@ -55,7 +45,7 @@ def test_recomputed_block_gives_the_same_output_and_gradients(shift):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, h * w, 32, generator=g)
     grad = torch.randn(2, h * w, 32, generator=g)
-    mask = _shift_mask(h, w, 7, shift) if shift else None
+    mask = _shift_mask(plain, h, w) if shift else None
     out_a, grads_a = _run_block(plain, x, (h, w), mask, grad)
     out_b, grads_b = _run_block(fast, x, (h, w), mask, grad)
     assert torch.equal(out_a, out_b)
@@ -85,11 +75,12 @@ def test_recompute_keeps_no_attention_matrix_gelu_output_or_normalised_tokens():
     attention = (h // ws) * (w // ws) * heads * (ws * ws) ** 2  # one image's nW nH N N
     tokens = 2 * h * w * dim  # a (B, H*W, C) activation
     hidden = 4 * tokens  # the MLP's (B, H*W, 4C) activations
-    mask = _shift_mask(h, w, ws, 3)
+    blocks = _pair(3)
+    mask = _shift_mask(blocks[0], h, w)
     x = torch.randn(2, h * w, dim)
     counts = {}
     index = window_gather_index(h, w, ws, 3, x.device)
-    for block, name in zip(_pair(3), ("plain", "recompute")):
+    for block, name in zip(blocks, ("plain", "recompute")):
 
         def forward(block=block):
             return block(x.clone().requires_grad_(), (h, w), mask, window_index=index)

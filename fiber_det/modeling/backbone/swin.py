@@ -107,10 +107,16 @@ def _normalise_and_gather(x, ln_weight, ln_bias, eps, src, pad_slots):
     """(LayerNorm of x, gathered into windows when ``src`` is given, mean, rstd)."""
     y, mean, rstd = torch.native_layer_norm(x, [x.shape[-1]], ln_weight, ln_bias, eps)
     if src is not None:
-        y = y.index_select(1, src)
-        if pad_slots is not None:
-            y.index_fill_(1, pad_slots, 0.0)
+        y = _gather_windows(y, src, pad_slots)
     return y, mean, rstd
+
+
+def _gather_windows(x: Tensor, src: Tensor, pad_slots: Tensor | None) -> Tensor:
+    """(B, H*W, C) tokens -> (B, nW*N, C) window slots (:func:`window_gather_index`)."""
+    windows = x.index_select(1, src)
+    if pad_slots is not None:
+        windows.index_fill_(1, pad_slots, 0.0)
+    return windows
 
 
 def _recomputing(enabled: bool, t: Tensor) -> bool:
@@ -333,11 +339,15 @@ class SwinBlock(nn.Module):
         )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, recompute=recompute)
-        self.recompute = recompute
 
     @property
     def fused(self) -> bool:
         return self.attn.fused
+
+    @property
+    def recompute(self) -> bool:
+        """``recompute`` given at construction (held by the attention and the MLP)."""
+        return self.attn.recompute
 
     def effective_shift(self, hw: Tuple[int, int]) -> int:
         """The cyclic shift of this block for an (H, W) map: 0 for a map that fits in one
@@ -391,9 +401,7 @@ class SwinBlock(nn.Module):
                 )
                 out = self.attn.attend_projected(qkv.view(b, -1, ws * ws, 3 * c), mask)
             else:
-                windows = self.norm1(x).index_select(1, src)
-                if pad_slots is not None:
-                    windows.index_fill_(1, pad_slots, 0.0)
+                windows = _gather_windows(self.norm1(x), src, pad_slots)
                 out = self.attn(windows.view(b, -1, ws * ws, c), mask)
             out = out.view(b, -1, c).index_select(1, inverse)  # token order, shift undone
         if self.fused and fusion:
