@@ -1,6 +1,7 @@
 """Shared fixtures: an offline tokenizer, the tiny config, the parity fixtures, small training
 data (shapes) and the synthetic demo data with a tiny model and its predictor."""
 
+import os
 import sys
 
 import pytest
@@ -12,12 +13,18 @@ import fiber_det  # noqa: F401  registers the builtin datasets and the model
 from fiber_det.data import register_detection_dataset, register_grounding_dataset
 from fiber_det.demo.synthetic import generate_synthetic_dataset, register_synthetic_datasets
 from fiber_det.predictor import FIBERPredictor
+from fiber_det.utils.allocator import KEEP_FREED_MEMORY_ENV
 from fiber_det.utils.testing import build_test_tokenizer, get_config, get_tiny_config
 from tests.paths import parity_dir
 from tests.shapes import write_shapes_dataset
 from tests.synthetic_demo import PREFIX, SMALL_SPEC, tiny_demo_config
 
 DET, GRD = "fiber_engine_test_shapes", "fiber_engine_test_shapes_grounding"
+
+# Tools run in-process by the tests (tools/benchmark.py main, ...) would otherwise switch the
+# whole pytest process to keep freed memory (fiber_det/utils/allocator.py), changing the RSS
+# that later tests measure; tests/utils/test_allocator.py turns it on in its own subprocesses.
+os.environ[KEEP_FREED_MEMORY_ENV] = "0"
 
 
 @pytest.fixture(scope="session")

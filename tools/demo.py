@@ -36,6 +36,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from fiber_det.config import load_config  # noqa: E402
 from fiber_det.demo import check_demo_outputs, collect_images, predict_images  # noqa: E402
 from fiber_det.predictor import FIBERPredictor  # noqa: E402
+from fiber_det.utils.allocator import keep_freed_memory  # noqa: E402
 
 logger = logging.getLogger("fiber_det.demo")
 
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="fiber_det", abbrev_name="fiber")
     setup_logger(name="detectron2", abbrev_name="d2")
+    keep_freed_memory()  # reuse freed tensors' pages (fiber_det/utils/allocator.py)
     prompt = args.prompt if args.prompt is not None else _categories(args.categories)
     try:
         files = collect_images(args.input)

@@ -57,8 +57,10 @@ def main(argv=None) -> int:
     from fiber_det.config import load_config
     from fiber_det.predictor import FIBERPredictor
     from fiber_det.serve import InferenceService, ServiceLimits, make_server
+    from fiber_det.utils.allocator import keep_freed_memory
 
     setup_logger(name="fiber_det", abbrev_name="fiber")
+    keep_freed_memory()  # reuse freed tensors' pages (fiber_det/utils/allocator.py)
     try:
         device = "cpu" if args.cpu or args.onnx else None
         cfg = load_config(args.config_file, args.opts, weights=args.weights, device=device)
