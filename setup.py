@@ -1,4 +1,5 @@
 """fiber-det: FIBER (fusion-in-the-backbone vision-language detection) as a detectron2 extension."""
+import os
 import re
 from pathlib import Path
 
@@ -6,6 +7,33 @@ from setuptools import find_packages, setup
 
 _init = Path(__file__).parent / "fiber_det" / "__init__.py"
 _version = re.search(r'__version__ = "([^"]+)"', _init.read_text()).group(1)
+
+
+def _extensions():
+    """The optional compiled DCN sampler ``fiber_det._C`` (see fiber_det/csrc/dcn_sample.cpp).
+
+    Built when torch is importable at build time (``pip install --no-build-isolation``, as
+    dev/install_env.sh does) unless ``FIBER_DET_BUILD_EXT=0``. It is optional twice over: a failed
+    compile only warns, and without it the DCN uses ``grid_sample``, with identical results.
+    """
+    if os.environ.get("FIBER_DET_BUILD_EXT", "1") == "0":
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return [], {}
+    ext = CppExtension(
+        "fiber_det._C",
+        ["fiber_det/csrc/dcn_sample.cpp"],
+        # no contraction into multiply-adds beyond the ones written out: the results must be
+        # bitwise those of ATen's grid_sample
+        extra_compile_args=["-O3", "-ffp-contract=off"],
+        optional=True,
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+_ext_modules, _cmdclass = _extensions()
 
 setup(
     name="fiber-det",
@@ -16,6 +44,8 @@ setup(
     packages=find_packages(include=["fiber_det", "fiber_det.*"]) + ["fiber_det.model_zoo.configs"],
     package_dir={"fiber_det.model_zoo.configs": "configs"},
     package_data={"fiber_det.model_zoo.configs": ["*.yaml", "**/*.yaml"]},
+    ext_modules=_ext_modules,
+    cmdclass=_cmdclass,
     python_requires=">=3.10",
     # Everything is pinned in requirements.txt and installed by dev/install_env.sh; the list here
     # only names what `import fiber_det` needs, so `pip install -e .` never pulls a second torch.

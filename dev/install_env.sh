@@ -6,10 +6,11 @@
 # Steps: venv -> torch 2.14.1 + torchvision 0.29.1 -> pinned requirements -> detectron2
 # (an importable official build is kept as it is; otherwise the pure-Python part of the PyPI
 # package `sal-detectron2==0.7.2`, with its compiled `_C` removed) -> D3 toolkit -> fiber_det
-# in editable mode. Environment knobs:
+# in editable mode, with its optional compiled DCN sampler (fiber_det/csrc). Environment knobs:
 #   PYTHON=python3.11     interpreter used to create the venv
 #   VENV=.venv            where the environment goes
 #   DETECTRON2_SRC=path   a detectron2 source checkout to build and install instead of the fallback
+#   FIBER_DET_BUILD_EXT=0 do not compile fiber_det._C (the DCN then uses grid_sample: same results)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -55,12 +56,14 @@ fi
 log "D3 toolkit (ddd-dataset, CC BY-NC 4.0; --no-deps keeps opencv headless)"
 "${PIP[@]}" install --no-deps ddd-dataset==0.1.2
 
-log "fiber_det (editable)"
+log "fiber_det (editable; compiles the optional DCN sampler fiber_det._C with g++, ~40 s)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
 
 "$PY" - <<'PY'
 import detectron2, torch, torchvision, transformers
 import fiber_det
+from fiber_det.modeling.head.dcn_sampler import compiled_sampler_status
+print(f"[install] DCN sampler: {compiled_sampler_status()}")
 print(f"[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"transformers {transformers.__version__}, detectron2 {detectron2.__version__} "
       f"({detectron2.__file__}), fiber_det {fiber_det.__version__}")

@@ -56,6 +56,19 @@ def _single(res: Dict) -> List[str]:
         "Identical detections, exact length vs padded to the token budget: "
         + ", ".join(f"{k} tokens: {_yes(v)}" for k, v in s["identity"].items()),
     ]
+    sampler = s.get("dcn_sampler")
+    if sampler:
+        line = f"DCN sampling on CPU: {sampler['status']}."
+        if "bitwise_equal" in sampler:
+            ours = next(r for r in s["rows"] if r["path"].endswith("tokens (exact)"))
+            base = next(r for r in s["rows"] if r["path"].endswith("by grid_sample"))
+            line += (
+                f" The same exact-length forward with grid_sample sampling: "
+                f"{base['median_s']:.2f} s vs {ours['median_s']:.2f} s "
+                f"({ours['median_s'] / base['median_s']:.2f}x); detections bitwise equal: "
+                f"{'yes' if sampler['bitwise_equal'] else 'NO'}."
+            )
+        out += ["", line]
     return out
 
 

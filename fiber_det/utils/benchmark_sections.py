@@ -15,6 +15,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..evaluation.base import ungroup
+from ..modeling.head.dcn_sampler import compiled_sampler_status, grid_sample_only, sampler_applies
 from ..text import build_detection_prompt, spans_to_positive_map, tokenize_prompts
 from .benchmark import matmul_probe, max_rss_mb, measure_interleaved, op_table, rss_mb
 from .flops import component_flops, multi_prompt_flop_bound
@@ -140,6 +141,12 @@ def bench_single(args, device, tokenizer, model, cfg):
     paths.update({f"{n} tokens (exact)": prompt_of_length(tokenizer, n) for n in args.tokens})
     probe, probe_macs = matmul_probe(device)
     fns = {name: (lambda x=x: _infer(model, [{"image": image, **x}])) for name, x in paths.items()}
+    exact = paths[f"{first} tokens (exact)"]
+    baseline = None  # the same forward with the DCN on grid_sample, where the sampler serves it
+    if sampler_applies(image):
+        baseline = f"{first} tokens (exact), DCN sampling by grid_sample"
+        paths[baseline] = exact
+        fns[baseline] = lambda: _on_grid_sample(model, [{"image": image, **exact}])
     timed = measure_interleaved({**fns, "matmul": probe}, device, args.repeats)
     gmacs = probe_macs / timed["matmul"]["median_s"] / 1e9
     rows = []
@@ -152,15 +159,30 @@ def bench_single(args, device, tokenizer, model, cfg):
         padded_s = padded_s or row["median_s"]
         row["vs_padded"] = row["median_s"] / padded_s
         rows.append(row)
-    padded, exact = list(paths.values())[:2]  # the same prompt, padded and not
-    identity = {
-        first: _identity(
-            _infer(model, [{"image": image, **padded}])[0],
-            _infer(model, [{"image": image, **exact}])[0],
-        )
-    }
+    padded = list(paths.values())[0]  # the same prompt as ``exact``, padded
+    ours = _infer(model, [{"image": image, **exact}])[0]
+    identity = {first: _identity(_infer(model, [{"image": image, **padded}])[0], ours)}
     matmul = {"size": round(probe_macs ** (1 / 3)), "gmacs": gmacs, **timed["matmul"]}
-    return {"rows": rows, "matmul": matmul, "identity": identity}
+    out = {"rows": rows, "matmul": matmul, "identity": identity}
+    out["dcn_sampler"] = {"status": compiled_sampler_status() if device.type == "cpu" else "GPU"}
+    if baseline is not None:
+        ref = _on_grid_sample(model, [{"image": image, **exact}])[0]
+        out["dcn_sampler"]["bitwise_equal"] = _bitwise_equal(ours, ref)
+    return out
+
+
+def _on_grid_sample(model, inputs):
+    with grid_sample_only():
+        return _infer(model, inputs)
+
+
+def _bitwise_equal(a, b) -> bool:
+    """Whether two detection sets are the same to the bit (boxes, scores, labels)."""
+    fields = ("pred_boxes", "scores", "pred_classes")
+    va = [getattr(a, f) for f in fields]
+    vb = [getattr(b, f) for f in fields]
+    va[0], vb[0] = va[0].tensor, vb[0].tensor
+    return all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(va, vb))
 
 
 def bench_grouped(args, device, tokenizer, cfg):

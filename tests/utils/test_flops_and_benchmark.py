@@ -93,6 +93,13 @@ def test_benchmark_tool_quick(tmp_path, capsys):
     assert exact["gmac"] < padded["gmac"] and 0 < exact["share"]
     assert exact["bound_s"] == pytest.approx(exact["gmac"] / single["matmul"]["gmacs"])
     assert all(v["identical"] for v in single["identity"].values())
+    # the compiled DCN sampler against the same forward on grid_sample, in the same run
+    from fiber_det.modeling.head.dcn_sampler import compiled_sampler
+
+    if compiled_sampler() is not None:
+        assert single["dcn_sampler"]["bitwise_equal"] is True
+        assert single["rows"][-1]["path"].endswith("DCN sampling by grid_sample")
+        assert "detections bitwise equal: yes" in res["report_markdown"]
     grouped = res["grouped"]
     assert grouped["captions"] == 5 and grouped["identity"]["identical"]
     assert grouped["flop_bound"] > 1.0

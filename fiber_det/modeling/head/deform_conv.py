@@ -10,6 +10,10 @@ this avoids torchvision's per-call zero-filled column buffer of the whole batch.
 In training, :class:`DeformConv3x3Function` keeps only the inputs for the backward pass and
 recomputes each tile's columns there (activation checkpointing of the columns, as the CUDA DCN
 kernels do), instead of letting autograd keep every ``(9 C, H W)`` tile of the forward.
+
+On CPU the sampling of a tile goes to the compiled sampler of :mod:`.dcn_sampler` where it is
+built and bitwise equal to ``grid_sample`` (checked at first use), and to ``grid_sample``
+otherwise: the same columns either way.
 """
 
 from typing import Iterator, Optional, Tuple
@@ -17,6 +21,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .dcn_sampler import compiled_sampler, sampler_applies
 
 __all__ = [
     "CPU_TILE_ELEMENTS",
@@ -84,16 +90,35 @@ def _sample(x: Tensor, grid: Tensor, i: int, r0: int, r1: int) -> Tuple[Tensor, 
     return s, g
 
 
+def _columns(
+    x: Tensor, grid: Tensor, mask: Tensor, i: int, r0: int, r1: int, fast: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Image i's (C, 9 x rows x Wo) samples of output rows r0:r1, times ``mask`` when given.
+
+    ``fast``: through the compiled sampler (x channels last). Also returns grid_sample's grid of
+    the tile (None from the compiled sampler).
+    """
+    c = x.shape[1]
+    m = None if mask is None else mask[i, :, r0:r1].reshape(-1)
+    if fast:
+        sample = compiled_sampler()
+        image = x[i].permute(1, 2, 0).contiguous()  # (H, W, C): a view of channels-last x
+        return sample(image, grid[i, :, r0:r1].reshape(-1, 2), m), None
+    s, g = _sample(x, grid, i, r0, r1)
+    s = s.view(c, -1)
+    return (s.mul_(m) if m is not None else s), g
+
+
 def _forward_tiles(
     x: Tensor, grid: Tensor, mask: Tensor, w2: Tensor, bias: Tensor, band: int
 ) -> Tensor:
     b, c = x.shape[:2]
     ho, wo = grid.shape[2:4]
     bias2 = bias[:, None]
+    fast = sampler_applies(x)
     out = x.new_empty(b, w2.shape[0], ho, wo)
     for i, r0, r1 in _tiles(b, ho, band):
-        s, _ = _sample(x, grid, i, r0, r1)
-        cols = s.view(c, KERNEL_POINTS, -1).mul_(mask[i, :, r0:r1].reshape(1, KERNEL_POINTS, -1))
+        cols, _ = _columns(x, grid, mask, i, r0, r1, fast)
         # into its place in the output (no concatenation); computed contiguous, then copied, so
         # that the values do not depend on the output's strides
         out[i, :, r0:r1] = torch.addmm(bias2, w2, cols.view(c * KERNEL_POINTS, -1)).view(
@@ -131,8 +156,9 @@ class DeformConv3x3Function(torch.autograd.Function):
         grad_mask = torch.zeros_like(mask) if need_mask else None
         grad_w = torch.zeros_like(w2) if need_w else None
         grad_bias = grad_out.sum(dim=(0, 2, 3)) if need_bias else None
+        fast = sampler_applies(x)
         for i, r0, r1 in _tiles(b, ho, ctx.band):
-            s, g = _sample(x, grid, i, r0, r1)
+            s, g = _columns(x, grid, None, i, r0, r1, fast)
             s = s.view(c, k, -1)
             m = mask[i, :, r0:r1].reshape(1, k, -1)
             go = grad_out[i, :, r0:r1].reshape(grad_out.shape[1], -1)
@@ -142,6 +168,8 @@ class DeformConv3x3Function(torch.autograd.Function):
             if need_w:
                 grad_w.addmm_(go, s.mul_(m).view(c * k, -1).t())
             if need_x or need_grid:
+                if g is None:
+                    g = grid[i : i + 1, :, r0:r1].reshape(1, k * (r1 - r0), wo, 2)
                 g_s = g_cols.mul_(m).view(1, c, k * (r1 - r0), wo)
                 gx, gg = torch.ops.aten.grid_sampler_2d_backward(
                     g_s, x[i : i + 1], g, _BILINEAR, _ZEROS, True, [need_x, need_grid]
