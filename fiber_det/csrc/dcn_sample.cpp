@@ -17,14 +17,25 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <torch/headeronly/version.h>
+
+#include <string>
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+// Function clones for AVX2 + FMA and for the baseline ISA, picked when the library loads (x86-64
+// with GCC or clang); elsewhere one plain version.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FIBER_DET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FIBER_DET_CLONES
+#endif
+
 namespace {
 
-constexpr int64_t kBlock = 16;  // points per block: one 64-byte line of output per channel
+constexpr int64_t kBlock = 16;  // points per block: 16 consecutive output values per channel
 
 struct Corners {
   const float* p[4];  // nw, ne, sw, se rows (or the zero row when out of bounds)
@@ -68,12 +79,9 @@ inline Corners corners(float gx, float gy, const float* x, const float* zero, in
 
 // one point, all channels: ((nw v_nw + ne v_ne) + sw v_sw) + se v_se, then times the mask.
 // FUSED: the three additions as multiply-adds, as the compiler contracted ATen's expression in
-// the AVX2 / AVX-512 kernels of the torch builds checked. The x86-64-v3 clone (AVX2, FMA) is
-// picked at load time where the CPU has it; the default one computes the same values.
+// the AVX2 / AVX-512 kernels of the torch builds checked. Every clone computes the same values.
 template <bool FUSED, bool MASKED>
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void interpolate(const Corners& c,
-                                                                             int64_t C,
-                                                                             float* out) {
+FIBER_DET_CLONES void interpolate(const Corners& c, int64_t C, float* out) {
   const float* a = c.p[0];
   const float* b = c.p[1];
   const float* d = c.p[2];
@@ -106,9 +114,10 @@ torch::Tensor sample_columns(const torch::Tensor& x, const torch::Tensor& grid,
                   grid.dim() == 2 && grid.size(1) == 2 && grid.is_contiguous(),
               "sample_columns: grid must be a contiguous float32 CPU tensor (P, 2)");
   const bool masked = mask.numel() > 0;
-  TORCH_CHECK(!masked || (mask.scalar_type() == torch::kFloat && mask.is_contiguous() &&
+  TORCH_CHECK(!masked || (mask.device().is_cpu() && mask.scalar_type() == torch::kFloat &&
+                          mask.dim() == 1 && mask.is_contiguous() &&
                           mask.numel() == grid.size(0)),
-              "sample_columns: mask must be a contiguous float32 tensor of P values");
+              "sample_columns: mask must be a contiguous float32 CPU tensor of P values");
   const int64_t H = x.size(0), W = x.size(1), C = x.size(2), P = grid.size(0);
   auto out = torch::empty({C, P}, x.options());
   if (P == 0 || C == 0) return out;
@@ -119,6 +128,8 @@ torch::Tensor sample_columns(const torch::Tensor& x, const torch::Tensor& grid,
   const float* mp = masked ? mask.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t blocks = (P + kBlock - 1) / kBlock;
+  // torch's intra-op threads (OpenMP: the file is compiled with -fopenmp); each chunk writes
+  // its own columns
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> zero(C, 0.0f);
     std::vector<float> tile(kBlock * C);
@@ -148,5 +159,11 @@ torch::Tensor sample_columns(const torch::Tensor& x, const torch::Tensor& grid,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample_columns", &sample_columns,
-        "bilinear DCN samples of a channels-last image as (C, P) columns, times the mask");
+        "bilinear DCN samples of a channels-last image as (C, P) columns, times the mask",
+        py::call_guard<py::gil_scoped_release>());
+  // the torch release whose headers it was built with (fiber_det/modeling/head/dcn_sampler.py
+  // refuses a library built for another one)
+  m.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                            std::to_string(TORCH_VERSION_MINOR) + "." +
+                            std::to_string(TORCH_VERSION_PATCH);
 }

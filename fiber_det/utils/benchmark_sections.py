@@ -6,6 +6,7 @@ in the process that calls it (the tool starts a fresh process per configuration,
 memory is the configuration's own). See the tool's docstring for what each section measures.
 """
 
+import os
 import statistics
 import tempfile
 
@@ -15,7 +16,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..evaluation.base import ungroup
-from ..modeling.head.dcn_sampler import compiled_sampler_status, grid_sample_only, sampler_applies
+from ..modeling.head.dcn_sampler import ENV_VAR as DCN_SAMPLER_ENV
+from ..modeling.head.dcn_sampler import compiled_sampler, compiled_sampler_status, grid_sample_only
 from ..text import build_detection_prompt, spans_to_positive_map, tokenize_prompts
 from .benchmark import matmul_probe, max_rss_mb, measure_interleaved, op_table, rss_mb
 from .flops import component_flops, multi_prompt_flop_bound
@@ -143,7 +145,7 @@ def bench_single(args, device, tokenizer, model, cfg):
     fns = {name: (lambda x=x: _infer(model, [{"image": image, **x}])) for name, x in paths.items()}
     exact = paths[f"{first} tokens (exact)"]
     baseline = None  # the same forward with the DCN on grid_sample, where the sampler serves it
-    if sampler_applies(image):
+    if device.type == "cpu" and compiled_sampler() is not None:
         baseline = f"{first} tokens (exact), DCN sampling by grid_sample"
         paths[baseline] = exact
         fns[baseline] = lambda: _on_grid_sample(model, [{"image": image, **exact}])
@@ -151,9 +153,12 @@ def bench_single(args, device, tokenizer, model, cfg):
     gmacs = probe_macs / timed["matmul"]["median_s"] / 1e9
     rows = []
     padded_s = None
+    gmac_of = {}  # tokens -> GMAC (the baseline row has the exact prompt's length)
     for name, x in paths.items():
         tokens = int(x["input_ids"].numel())
-        gmac = _flops(model, args.size, tokens)["total"]
+        if tokens not in gmac_of:
+            gmac_of[tokens] = _flops(model, args.size, tokens)["total"]
+        gmac = gmac_of[tokens]
         row = {"path": name, "tokens": tokens, "gmac": gmac, **timed[name]}
         row.update(bound_s=gmac / gmacs, share=gmac / gmacs / row["median_s"])
         padded_s = padded_s or row["median_s"]
@@ -164,7 +169,8 @@ def bench_single(args, device, tokenizer, model, cfg):
     identity = {first: _identity(_infer(model, [{"image": image, **padded}])[0], ours)}
     matmul = {"size": round(probe_macs ** (1 / 3)), "gmacs": gmacs, **timed["matmul"]}
     out = {"rows": rows, "matmul": matmul, "identity": identity}
-    out["dcn_sampler"] = {"status": compiled_sampler_status() if device.type == "cpu" else "GPU"}
+    if device.type == "cpu":
+        out["dcn_sampler"] = {"status": compiled_sampler_status()}
     if baseline is not None:
         ref = _on_grid_sample(model, [{"image": image, **exact}])[0]
         out["dcn_sampler"]["bitwise_equal"] = _bitwise_equal(ours, ref)
@@ -386,6 +392,12 @@ def train_specs(quick: bool, config_file: str):
             {"pad_to": 256},
         ),
         ("default: DCN columns, Swin norms / attention / GELU recomputed", config_file, gs, {}),
+        (  # the compiled sampler's baseline, where it is built
+            "default, DCN sampling by grid_sample",
+            config_file,
+            gs,
+            {"env": {DCN_SAMPLER_ENV: "0"}},
+        ),
         ("default, Swin activations kept", config_file, gs + keep_swin, {}),
         ("default, DCN columns kept", config_file, gs + keep_columns, {}),
         ("torchvision DCN", config_file, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"], {}),
@@ -414,6 +426,7 @@ def combine_train_runs(runs, size: int):
 
 def train_worker(spec: dict) -> dict:
     """One training configuration in this (fresh) process: step times and peak RSS."""
+    os.environ.update(spec.get("env", {}))  # read at first use (the DCN sampler switch)
     device = torch.device(spec["device"])
     cfg = get_config(spec["config"], spec["opts"])
     cfg.MODEL.DEVICE = spec["device"]

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from fiber_det.modeling.head import dcn_sampler
 from fiber_det.modeling.head.deform_conv import deform_conv3x3_grid_sample
 
-BUILT_ON_REQUEST = os.environ.get("FIBER_DET_BUILD_EXT", "1") != "0"
+#: .ci/run sets it: there the extension must have been built (a user without a compiler may
+#: run the tests without it, everything then runs on grid_sample)
+REQUIRED = os.environ.get("FIBER_DET_REQUIRE_EXT") == "1"
 
 
 def _ext():
@@ -34,12 +36,13 @@ def fresh_state(monkeypatch):
     dcn_sampler._reset()
 
 
-def test_make_install_builds_the_extension():
+def test_make_install_builds_the_extension(fresh_state):
     # dev/install_env.sh (make install, hence CI) builds it: without it every test below would
     # be skipped and the fast path would go untested
-    if not BUILT_ON_REQUEST:
-        pytest.skip("FIBER_DET_BUILD_EXT=0")
+    if not REQUIRED:
+        pytest.skip("FIBER_DET_REQUIRE_EXT=1 (set by .ci/run) makes the extension required")
     assert _ext() is not None, "fiber_det._C is missing: run `make install`"
+    assert dcn_sampler.compiled_sampler() is not None, dcn_sampler.compiled_sampler_status()
 
 
 def _reference(x, grid, mask):
@@ -98,9 +101,11 @@ def test_dcn_forward_and_backward_identical_with_and_without_sampler(fresh_state
             y2 = deform_conv3x3_grid_sample(x, off, m, w, b, stride)
         return [y, y2, x.grad, off.grad, m.grad, w.grad, b.grad]
 
+    probe = torch.zeros(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert dcn_sampler.sampler_applies(probe)  # else this test would compare grid_sample twice
     fast = run()
     with dcn_sampler.grid_sample_only():
-        assert not dcn_sampler.sampler_applies(torch.zeros(1))
+        assert not dcn_sampler.sampler_applies(probe)
         slow = run()
     for a, b in zip(fast, slow):
         assert torch.equal(_bits(a), _bits(b))
@@ -124,18 +129,31 @@ def test_sampler_serves_the_dcn(fresh_state, monkeypatch):
     assert calls
 
 
+def _cl(*shape, **kw):
+    return torch.zeros(*shape, **kw).contiguous(memory_format=torch.channels_last)
+
+
 def test_switched_off_by_environment(fresh_state, monkeypatch):
     monkeypatch.setenv(dcn_sampler.ENV_VAR, "0")
     dcn_sampler._reset()
     assert dcn_sampler.compiled_sampler() is None
     assert "FIBER_DET_DCN_KERNEL=0" in dcn_sampler.compiled_sampler_status()
-    assert not dcn_sampler.sampler_applies(torch.zeros(1, 2, 3, 3))
+    assert not dcn_sampler.sampler_applies(_cl(1, 2, 3, 3))
 
 
 @needs_ext
-def test_not_used_for_other_dtypes_or_under_tracing(fresh_state):
-    assert dcn_sampler.sampler_applies(torch.zeros(1, 2, 3, 3))
-    assert not dcn_sampler.sampler_applies(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+def test_not_used_where_grid_sample_must_serve(fresh_state):
+    x, grid = _cl(1, 2, 3, 3), torch.zeros(1, 9, 3, 3, 2)
+    assert dcn_sampler.sampler_applies(x, grid)
+    assert not dcn_sampler.sampler_applies(torch.zeros(1, 2, 3, 3))  # not channels last
+    assert not dcn_sampler.sampler_applies(_cl(1, 2, 3, 3, dtype=torch.float64))
+    assert not dcn_sampler.sampler_applies(x, grid.double())
+    assert not dcn_sampler.sampler_applies(x, grid.requires_grad_())  # a graph is wanted
+    with torch.no_grad():
+        assert dcn_sampler.sampler_applies(x, grid)
+    # past int32 gather offsets ATen's grid_sample switches to other arithmetic
+    assert dcn_sampler._within_gather_range(256, 200, 304)
+    assert not dcn_sampler._within_gather_range(64, 6000, 6000)
 
     seen = []
 
@@ -171,6 +189,48 @@ def test_a_sampler_that_differs_from_grid_sample_is_refused():
     assert dcn_sampler._choose_variant(_OffByOne(ext, fused_ok=right)) is None
 
 
+@needs_ext
+def test_double_backward_keeps_the_graph(fresh_state):
+    # create_graph=True runs the backward with gradients on: the recomputed columns must stay on
+    # grid_sample there, so that second-order gradients match those without the sampler
+    def run():
+        torch.manual_seed(3)
+        x = torch.randn(1, 6, 7, 8, requires_grad=True)
+        off = (torch.randn(1, 18, 7, 8) * 2).requires_grad_()
+        m = torch.rand(1, 9, 7, 8, requires_grad=True)
+        w = torch.randn(5, 6, 3, 3, requires_grad=True)
+        y = deform_conv3x3_grid_sample(x, off, m, w, torch.zeros(5), 1)
+        (gw,) = torch.autograd.grad(y.pow(2).sum(), w, create_graph=True)
+        return torch.autograd.grad(gw.pow(2).sum(), (x, off, m))
+
+    fast = run()
+    with dcn_sampler.grid_sample_only():
+        slow = run()
+    for a, b in zip(fast, slow):
+        assert a.abs().sum() > 0
+        assert torch.equal(_bits(a), _bits(b))
+
+
+def test_a_failing_or_foreign_build_falls_back(fresh_state, monkeypatch):
+    class Broken:
+        torch_version = torch.__version__.split("+")[0]
+
+        def sample_columns(self, *args):
+            raise RuntimeError("undefined symbol")
+
+    class Foreign(Broken):
+        torch_version = "1.0.0"
+
+    import fiber_det
+
+    for fake, words in ((Broken(), "failed its check"), (Foreign(), "built for torch 1.0.0")):
+        monkeypatch.setitem(sys.modules, "fiber_det._C", fake)
+        monkeypatch.setattr(fiber_det, "_C", fake, raising=False)
+        dcn_sampler._reset()
+        assert dcn_sampler.compiled_sampler() is None
+        assert words in dcn_sampler.compiled_sampler_status()
+
+
 def test_both_variants_match_their_grid_sample(tmp_path):
     # ATen's default (non-FMA) kernels and its AVX2 ones round differently; the check picks the
     # matching variant for each, in a fresh process per CPU capability
@@ -181,7 +241,7 @@ def test_both_variants_match_their_grid_sample(tmp_path):
         "print(torch.backends.cpu.get_cpu_capability(), '|', d.compiled_sampler_status())"
     )
     seen = {}
-    for cap in ("default", "avx2"):
+    for cap in ("default", "avx2", "avx512"):
         env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
         env.pop(dcn_sampler.ENV_VAR, None)
         out = subprocess.run(
@@ -190,8 +250,9 @@ def test_both_variants_match_their_grid_sample(tmp_path):
         got_cap, status = out.split(" | ")
         seen[got_cap] = status
     assert "separate multiply and add" in seen["DEFAULT"]
-    if "AVX2" in seen:  # a CPU without AVX2 stays on the default kernels
-        assert "fused multiply-adds" in seen["AVX2"]
+    for vector in ("AVX2", "AVX512"):  # a CPU without them stays on lower kernels
+        if vector in seen:
+            assert "fused multiply-adds" in seen[vector]
     assert all("bitwise equal" in s for s in seen.values())
 
 
@@ -205,3 +266,5 @@ def test_bad_arguments_are_refused():
         ext.sample_columns(x, torch.zeros(2, 3), torch.empty(0), True)
     with pytest.raises(RuntimeError, match="mask"):
         ext.sample_columns(x, torch.zeros(2, 2), torch.zeros(3), True)
+    with pytest.raises(RuntimeError, match="mask"):
+        ext.sample_columns(x, torch.zeros(2, 2), torch.zeros(1, 2), True)

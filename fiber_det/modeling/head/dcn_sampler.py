@@ -102,7 +102,20 @@ def _load() -> Tuple[Optional[Sampler], str]:
         from fiber_det import _C
     except ImportError as e:
         return None, f"not built ({e}): grid_sample; `make install` builds it"
-    fused = _choose_variant(_C)
+    built_for = getattr(_C, "torch_version", "?")
+    if built_for != torch.__version__.split("+")[0]:
+        logger.warning(
+            "fiber_det._C was built for torch %s, this is torch %s: the DCN uses grid_sample. "
+            "Rebuild it with `make install`.",
+            built_for,
+            torch.__version__,
+        )
+        return None, f"built for torch {built_for}, not {torch.__version__}: grid_sample"
+    try:
+        fused = _choose_variant(_C)
+    except Exception as e:  # a broken build must not break the model: grid_sample remains
+        logger.warning("The compiled DCN sampler failed its check (%s); using grid_sample.", e)
+        return None, f"failed its check ({e}): grid_sample"
     if fused is None:
         logger.warning(
             "The compiled DCN sampler (fiber_det._C) does not match grid_sample bit for bit on "
@@ -140,12 +153,34 @@ def compiled_sampler_status() -> str:
     return _STATE[1]
 
 
-def sampler_applies(x: Tensor) -> bool:
-    """Whether the compiled sampler may serve a DCN on ``x``: eager CPU float32.
+#: ATen's vectorised grid_sample gathers with int32 offsets; past this, it switches to a scalar
+#: fallback with other arithmetic, which the compiled sampler does not reproduce.
+_MAX_GATHER_OFFSET = 2**31 - 1
+
+
+def _within_gather_range(c: int, h: int, w: int) -> bool:
+    """Whether ATen's vectorised grid_sample serves a channels-last (C, H, W) image."""
+    return (h - 1) * w * c + (w - 1) * c <= _MAX_GATHER_OFFSET
+
+
+def sampler_applies(x: Tensor, *others: Tensor) -> bool:
+    """Whether the compiled sampler may serve a DCN on ``x`` (B, C, H, W) with ``others`` (its
+    grid, mask): plain eager CPU float32 tensors, ``x`` channels last, no gradient wanted
+    through the sampling (the compiled op has none: it serves the no-grad forward and the
+    first-order backward's recomputation), and offsets within ATen's vectorised kernel's range.
 
     Tracing, ONNX export and ``torch.compile`` keep grid_sample, a standard op they understand.
     """
-    if x.device.type != "cpu" or x.dtype != torch.float32:
+    tensors = (x, *others)
+    if any(type(t) is not Tensor or t.device.type != "cpu" for t in tensors):
+        return False  # tensor subclasses (FakeTensor, ...) and other devices
+    if any(t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False  # e.g. backward(create_graph=True): grid_sample keeps the graph
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    if not _within_gather_range(*x.shape[1:]):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False

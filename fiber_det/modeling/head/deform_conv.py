@@ -102,8 +102,9 @@ def _columns(
     m = None if mask is None else mask[i, :, r0:r1].reshape(-1)
     if fast:
         sample = compiled_sampler()
-        image = x[i].permute(1, 2, 0).contiguous()  # (H, W, C): a view of channels-last x
-        return sample(image, grid[i, :, r0:r1].reshape(-1, 2), m), None
+        image = x[i].permute(1, 2, 0)  # (H, W, C), contiguous: x is channels last
+        points = grid[i, :, r0:r1].reshape(-1, 2).contiguous()
+        return sample(image, points, m.contiguous() if m is not None else None), None
     s, g = _sample(x, grid, i, r0, r1)
     s = s.view(c, -1)
     return (s.mul_(m) if m is not None else s), g
@@ -115,7 +116,7 @@ def _forward_tiles(
     b, c = x.shape[:2]
     ho, wo = grid.shape[2:4]
     bias2 = bias[:, None]
-    fast = sampler_applies(x)
+    fast = sampler_applies(x, grid, mask)
     out = x.new_empty(b, w2.shape[0], ho, wo)
     for i, r0, r1 in _tiles(b, ho, band):
         cols, _ = _columns(x, grid, mask, i, r0, r1, fast)
@@ -156,7 +157,7 @@ class DeformConv3x3Function(torch.autograd.Function):
         grad_mask = torch.zeros_like(mask) if need_mask else None
         grad_w = torch.zeros_like(w2) if need_w else None
         grad_bias = grad_out.sum(dim=(0, 2, 3)) if need_bias else None
-        fast = sampler_applies(x)
+        fast = sampler_applies(x, grid, mask)
         for i, r0, r1 in _tiles(b, ho, ctx.band):
             s, g = _columns(x, grid, None, i, r0, r1, fast)
             s = s.view(c, k, -1)
