@@ -6,7 +6,6 @@ in the process that calls it (the tool starts a fresh process per configuration,
 memory is the configuration's own). See the tool's docstring for what each section measures.
 """
 
-import os
 import statistics
 import tempfile
 
@@ -16,7 +15,6 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..evaluation.base import ungroup
-from ..modeling.head.dcn_sampler import ENV_VAR as DCN_SAMPLER_ENV
 from ..modeling.head.dcn_sampler import compiled_sampler, compiled_sampler_status, grid_sample_only
 from ..text import build_detection_prompt, spans_to_positive_map, tokenize_prompts
 from .benchmark import matmul_probe, max_rss_mb, measure_interleaved, op_table, rss_mb
@@ -392,12 +390,6 @@ def train_specs(quick: bool, config_file: str):
             {"pad_to": 256},
         ),
         ("default: DCN columns, Swin norms / attention / GELU recomputed", config_file, gs, {}),
-        (  # the compiled sampler's baseline, where it is built
-            "default, DCN sampling by grid_sample",
-            config_file,
-            gs,
-            {"env": {DCN_SAMPLER_ENV: "0"}},
-        ),
         ("default, Swin activations kept", config_file, gs + keep_swin, {}),
         ("default, DCN columns kept", config_file, gs + keep_columns, {}),
         ("torchvision DCN", config_file, ["MODEL.DYHEAD.DCN_IMPL", "torchvision"], {}),
@@ -426,7 +418,6 @@ def combine_train_runs(runs, size: int):
 
 def train_worker(spec: dict) -> dict:
     """One training configuration in this (fresh) process: step times and peak RSS."""
-    os.environ.update(spec.get("env", {}))  # read at first use (the DCN sampler switch)
     device = torch.device(spec["device"])
     cfg = get_config(spec["config"], spec["opts"])
     cfg.MODEL.DEVICE = spec["device"]

@@ -122,11 +122,14 @@ def test_sampler_serves_the_dcn(fresh_state, monkeypatch):
 
     monkeypatch.setattr(dcn_sampler, "_STATE", (counting, "counting"))
     x = torch.randn(1, 8, 9, 9)
-    deform_conv3x3_grid_sample(
-        x, torch.zeros(1, 18, 9, 9), torch.ones(1, 9, 9, 9), torch.randn(4, 8, 3, 3),
-        torch.zeros(4), 1,
-    )  # fmt: skip
-    assert calls
+    w = torch.randn(4, 8, 3, 3, requires_grad=True)
+    args = (x, torch.zeros(1, 18, 9, 9), torch.ones(1, 9, 9, 9), w, torch.zeros(4), 1)
+    with torch.no_grad():
+        deform_conv3x3_grid_sample(*args)
+    assert calls  # inference
+    calls.clear()
+    deform_conv3x3_grid_sample(*args).sum().backward()
+    assert not calls  # training keeps grid_sample, forward and backward
 
 
 def _cl(*shape, **kw):

@@ -166,8 +166,8 @@ def _within_gather_range(c: int, h: int, w: int) -> bool:
 def sampler_applies(x: Tensor, *others: Tensor) -> bool:
     """Whether the compiled sampler may serve a DCN on ``x`` (B, C, H, W) with ``others`` (its
     grid, mask): plain eager CPU float32 tensors, ``x`` channels last, no gradient wanted
-    through the sampling (the compiled op has none: it serves the no-grad forward and the
-    first-order backward's recomputation), and offsets within ATen's vectorised kernel's range.
+    through the sampling (the compiled op has none; :mod:`.deform_conv` calls it in inference
+    only), and offsets within ATen's vectorised kernel's range.
 
     Tracing, ONNX export and ``torch.compile`` keep grid_sample, a standard op they understand.
     """

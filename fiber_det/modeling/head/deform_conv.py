@@ -11,9 +11,9 @@ In training, :class:`DeformConv3x3Function` keeps only the inputs for the backwa
 recomputes each tile's columns there (activation checkpointing of the columns, as the CUDA DCN
 kernels do), instead of letting autograd keep every ``(9 C, H W)`` tile of the forward.
 
-On CPU the sampling of a tile goes to the compiled sampler of :mod:`.dcn_sampler` where it is
-built and bitwise equal to ``grid_sample`` (checked at first use), and to ``grid_sample``
-otherwise: the same columns either way.
+In inference on CPU, the sampling of a tile goes to the compiled sampler of :mod:`.dcn_sampler`
+where it is built and bitwise equal to ``grid_sample`` (checked at first use), and to
+``grid_sample`` otherwise: the same columns either way. Training keeps ``grid_sample``.
 """
 
 from typing import Iterator, Optional, Tuple
@@ -111,12 +111,19 @@ def _columns(
 
 
 def _forward_tiles(
-    x: Tensor, grid: Tensor, mask: Tensor, w2: Tensor, bias: Tensor, band: int
+    x: Tensor,
+    grid: Tensor,
+    mask: Tensor,
+    w2: Tensor,
+    bias: Tensor,
+    band: int,
+    compiled: bool = True,
 ) -> Tensor:
+    """All tiles, no autograd; ``compiled``: the compiled sampler where it applies."""
     b, c = x.shape[:2]
     ho, wo = grid.shape[2:4]
     bias2 = bias[:, None]
-    fast = sampler_applies(x, grid, mask)
+    fast = compiled and sampler_applies(x, grid, mask)
     out = x.new_empty(b, w2.shape[0], ho, wo)
     for i, r0, r1 in _tiles(b, ho, band):
         cols, _ = _columns(x, grid, mask, i, r0, r1, fast)
@@ -142,7 +149,9 @@ class DeformConv3x3Function(torch.autograd.Function):
     def forward(ctx, x, grid, mask, w2, bias, band):
         ctx.save_for_backward(x, grid, mask, w2)
         ctx.band = band
-        return _forward_tiles(x, grid, mask, w2, bias, band)
+        # training keeps grid_sample: the compiled sampler serves inference only (its gain in a
+        # training step is within the noise, and the step's peak memory is a target)
+        return _forward_tiles(x, grid, mask, w2, bias, band, compiled=False)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -157,9 +166,8 @@ class DeformConv3x3Function(torch.autograd.Function):
         grad_mask = torch.zeros_like(mask) if need_mask else None
         grad_w = torch.zeros_like(w2) if need_w else None
         grad_bias = grad_out.sum(dim=(0, 2, 3)) if need_bias else None
-        fast = sampler_applies(x, grid, mask)
         for i, r0, r1 in _tiles(b, ho, ctx.band):
-            s, g = _columns(x, grid, None, i, r0, r1, fast)
+            s, g = _columns(x, grid, None, i, r0, r1, False)
             s = s.view(c, k, -1)
             m = mask[i, :, r0:r1].reshape(1, k, -1)
             go = grad_out[i, :, r0:r1].reshape(grad_out.shape[1], -1)
