@@ -90,24 +90,18 @@ def _sample(x: Tensor, grid: Tensor, i: int, r0: int, r1: int) -> Tuple[Tensor, 
     return s, g
 
 
-def _columns(
-    x: Tensor, grid: Tensor, mask: Tensor, i: int, r0: int, r1: int, fast: bool
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Image i's (C, 9 x rows x Wo) samples of output rows r0:r1, times ``mask`` when given.
+def _columns(x: Tensor, grid: Tensor, mask: Tensor, i: int, r0: int, r1: int, fast: bool) -> Tensor:
+    """Image i's (C, 9 x rows x Wo) samples of output rows r0:r1, times the mask.
 
-    ``fast``: through the compiled sampler (x channels last). Also returns grid_sample's grid of
-    the tile (None from the compiled sampler).
+    ``fast``: through the compiled sampler (x channels last), else grid_sample.
     """
-    c = x.shape[1]
-    m = None if mask is None else mask[i, :, r0:r1].reshape(-1)
+    m = mask[i, :, r0:r1].reshape(-1)
     if fast:
-        sample = compiled_sampler()
         image = x[i].permute(1, 2, 0)  # (H, W, C), contiguous: x is channels last
         points = grid[i, :, r0:r1].reshape(-1, 2).contiguous()
-        return sample(image, points, m.contiguous() if m is not None else None), None
-    s, g = _sample(x, grid, i, r0, r1)
-    s = s.view(c, -1)
-    return (s.mul_(m) if m is not None else s), g
+        return compiled_sampler()(image, points, m.contiguous())
+    s, _ = _sample(x, grid, i, r0, r1)
+    return s.view(x.shape[1], -1).mul_(m)
 
 
 def _forward_tiles(
@@ -126,7 +120,7 @@ def _forward_tiles(
     fast = compiled and sampler_applies(x, grid, mask)
     out = x.new_empty(b, w2.shape[0], ho, wo)
     for i, r0, r1 in _tiles(b, ho, band):
-        cols, _ = _columns(x, grid, mask, i, r0, r1, fast)
+        cols = _columns(x, grid, mask, i, r0, r1, fast)
         # into its place in the output (no concatenation); computed contiguous, then copied, so
         # that the values do not depend on the output's strides
         out[i, :, r0:r1] = torch.addmm(bias2, w2, cols.view(c * KERNEL_POINTS, -1)).view(
@@ -167,7 +161,7 @@ class DeformConv3x3Function(torch.autograd.Function):
         grad_w = torch.zeros_like(w2) if need_w else None
         grad_bias = grad_out.sum(dim=(0, 2, 3)) if need_bias else None
         for i, r0, r1 in _tiles(b, ho, ctx.band):
-            s, g = _columns(x, grid, None, i, r0, r1, False)
+            s, g = _sample(x, grid, i, r0, r1)
             s = s.view(c, k, -1)
             m = mask[i, :, r0:r1].reshape(1, k, -1)
             go = grad_out[i, :, r0:r1].reshape(grad_out.shape[1], -1)
@@ -177,8 +171,6 @@ class DeformConv3x3Function(torch.autograd.Function):
             if need_w:
                 grad_w.addmm_(go, s.mul_(m).view(c * k, -1).t())
             if need_x or need_grid:
-                if g is None:
-                    g = grid[i : i + 1, :, r0:r1].reshape(1, k * (r1 - r0), wo, 2)
                 g_s = g_cols.mul_(m).view(1, c, k * (r1 - r0), wo)
                 gx, gg = torch.ops.aten.grid_sampler_2d_backward(
                     g_s, x[i : i + 1], g, _BILINEAR, _ZEROS, True, [need_x, need_grid]
