@@ -14,11 +14,13 @@ from fiber_det.utils.flops import count_flops
 NEVER, ALWAYS = 10**9, 0  # PROJECT_FIRST_MIN: gather first / project first wherever padded
 
 
-def _block(shift, recompute=False, seed=0):
-    torch.manual_seed(seed)
-    block = SwinBlock(32, 2, 7, shift, recompute=recompute)
-    with torch.no_grad():  # a bias far from zero, so that a padding slot without it shows
-        block.attn.qkv.bias.normal_(0, 1)
+def _block(shift, recompute=False, dim=32, qkv_bias=True):
+    torch.manual_seed(0)
+    block = SwinBlock(dim, dim // 16, 7, shift, recompute=recompute, qkv_bias=qkv_bias)
+    with torch.no_grad():  # biases far from zero, so that a padding slot without one shows
+        if qkv_bias:
+            block.attn.qkv.bias.normal_(0, 1)
+        block.attn.proj.bias.normal_(0, 1)
     return block
 
 
@@ -35,7 +37,7 @@ def _reference_attention(block, x, hw, mask):
         t = torch.roll(t, shifts=(-shift, -shift), dims=(1, 2))
     windows = t.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     windows = windows.reshape(b, -1, ws * ws, c)
-    out = block.attn.proj(block.attn.attend(block.attn.qkv(windows), mask if shift else None))
+    out = block.attn.proj(block.attn(block.attn.qkv(windows), mask if shift else None))
     out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     out = out.reshape(b, hp, wp, c)
     if shift:
@@ -59,11 +61,25 @@ class _OneBlock(nn.Module):
 
 @pytest.mark.parametrize("order", [NEVER, ALWAYS])
 @pytest.mark.parametrize("shift", [0, 3])
-@pytest.mark.parametrize("hw", [(17, 22), (7, 9), (3, 3), (14, 14)])
-def test_both_orders_give_swins_padded_attention_bit_for_bit(monkeypatch, order, shift, hw):
+@pytest.mark.parametrize(
+    "hw,dim,batch,qkv_bias",
+    [
+        ((17, 22), 32, 2, True),  # padded right and bottom
+        ((7, 9), 32, 2, True),
+        ((3, 3), 32, 2, True),  # smaller than one window
+        ((14, 14), 32, 2, True),  # no padding
+        ((9, 7), 256, 2, True),  # bottom only, wide enough for the bias order to show
+        ((10, 14), 256, 3, True),
+        ((17, 22), 256, 1, True),
+        ((17, 22), 32, 2, False),  # no qkv bias: zeros at the padding slots
+    ],
+)
+def test_both_orders_give_swins_padded_attention_bit_for_bit(
+    monkeypatch, order, shift, hw, dim, batch, qkv_bias
+):
     monkeypatch.setattr(swin, "PROJECT_FIRST_MIN", order)
-    block = _block(shift).eval()
-    x = torch.randn(2, hw[0] * hw[1], 32, generator=torch.Generator().manual_seed(1))
+    block = _block(shift, dim=dim, qkv_bias=qkv_bias).eval()
+    x = torch.randn(batch, hw[0] * hw[1], dim, generator=torch.Generator().manual_seed(1))
     mask = _mask(block, hw)
     with torch.no_grad():
         expected = x + _reference_attention(block, x, hw, mask)

@@ -131,11 +131,17 @@ def _gather_windows(
 def _project_before_gather(dim: int, slots: int, pads: int) -> bool:
     """Whether a block computes qkv on the real tokens and gathers the (3C-wide) projections
     into windows, the padding slots set to the bias (the projection of a zero token), rather
-    than gathering the (C-wide) normalised tokens and projecting every slot. The same values
-    either way (row by row the same products: tested bit for bit); the first saves the padding's
-    multiply-adds (``3 C^2`` per slot), the second moves a third of the data. Measured on the
-    2-core CPU, the multiply-adds saved outweigh the wider copy when the padding's share of the
-    slots times C reaches about 20 (FIBER-B at 512x512: stages 2-4, not stage 1)."""
+    than gathering the (C-wide) normalised tokens and projecting every slot. The first saves the
+    padding's multiply-adds (``3 C^2`` per slot), the second moves a third of the data. Measured
+    on the 2-core CPU, the multiply-adds saved outweigh the wider copy when the padding's share
+    of the slots times C reaches about 20 (FIBER-B at 512x512: stages 2-4, not stage 1).
+
+    Both orders compute each row's products alike, so the values are the same as long as the
+    matmul library computes a row the same way whatever the number of rows. MKL on CPU does for
+    12 rows or more and for multiples of 4, which every FIBER detection size meets (checked bit
+    for bit on FIBER-B's stages at 512x512 and 800x1216, and in
+    ``tests/modeling/test_swin_padding.py``); below that (a map of a few tokens), or with
+    another library (cuBLAS picks kernels by the number of rows), the last bit may differ."""
     return pads > 0 and pads * dim >= PROJECT_FIRST_MIN * slots
 
 
@@ -238,20 +244,19 @@ class WindowAttention(nn.Module):
         # contiguous, so that the attention mask built from it is too (SDPA copies it otherwise)
         return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
 
-    def forward(self, windows: Tensor, shift_mask: Tensor | None) -> Tensor:
-        """Self-attention inside windows.
+    def forward(self, qkv: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """Self-attention inside windows, heads merged, before the output projection.
+
+        The block computes ``qkv`` (``self.qkv``) and applies :meth:`project` itself, so that
+        neither runs on the padding slots where it need not (:func:`_project_before_gather`).
 
         Args:
-            windows (Tensor): (B, nW, N, C) tokens grouped by window, N = window_size^2.
+            qkv (Tensor): (B, nW, N, 3C) qkv projection of the tokens grouped by window,
+                N = window_size^2.
             shift_mask (Tensor or None): (nW, N, N) additive mask of shifted windows.
         Returns:
             Tensor: (B, nW, N, C).
         """
-        return self.project(self.attend(self.qkv(windows), shift_mask))
-
-    def attend(self, qkv: Tensor, shift_mask: Tensor | None) -> Tensor:
-        """Attention of the (B, nW, N, 3C) ``qkv`` projection of the windows, heads merged and
-        not yet projected (:meth:`project`): (B, nW, N, C)."""
         if self.recompute and qkv.requires_grad and qkv.device.type == "cpu":
             # On CPU, SDPA with a bias that needs a gradient runs its unfused path, which keeps
             # the (nW, nH, N, N) attention of every image for the backward pass: recompute it
@@ -267,7 +272,7 @@ class WindowAttention(nn.Module):
         return self._attend(qkv, shift_mask)
 
     def project(self, out: Tensor) -> Tensor:
-        """The output projection (and its dropout) of :meth:`attend`'s result. It acts on each
+        """The output projection (and its dropout) of :meth:`forward`'s result. It acts on each
         token alone, so it may run after the windows are undone, on the real tokens only."""
         return self.proj_drop(self.proj(out))
 
@@ -435,7 +440,7 @@ class SwinBlock(nn.Module):
                 )
             else:
                 qkv = lin(_gather_windows(n1(x), src, pad_slots))
-            out = self.attn.attend(qkv.view(b, -1, ws * ws, 3 * c), mask)
+            out = self.attn(qkv.view(b, -1, ws * ws, 3 * c), mask)
             # token order, shift undone, padding slots dropped; then the projection
             out = self.attn.project(out.view(b, -1, c).index_select(1, inverse))
         if self.fused and fusion:
@@ -470,14 +475,14 @@ class SwinBlock(nn.Module):
         if shift > 0:
             qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
         windows = qkv.view(b, hp // ws, ws, wp // ws, ws, 3 * c).permute(0, 1, 3, 2, 4, 5)
-        out = self.attn.attend(
-            windows.reshape(b, -1, ws * ws, 3 * c), shift_mask if shift > 0 else None
-        )
+        out = self.attn(windows.reshape(b, -1, ws * ws, 3 * c), shift_mask if shift > 0 else None)
         out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
         out = out.reshape(b, hp, wp, c)
         if shift > 0:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return self.attn.project(out[:, :h, :w, :].reshape(b, h * w, c))
+        # contiguous first: a view across the batch would send the projection through matmul
+        # (mm, then the bias), not addmm as in forward (other rounding)
+        return self.attn.project(out[:, :h, :w, :].contiguous().view(b, h * w, c))
 
 
 def window_gather_index(
@@ -488,9 +493,11 @@ def window_gather_index(
     Swin zero-pads the map to whole windows, rolls it by ``-shift`` in both directions and cuts
     it into windows; window slot (i, j, r, s) (window row and column, row and column inside the
     window) then holds the token at padded coordinates ``((i w + r + shift) mod H_p,
-    (j w + s + shift) mod W_p)``, a zero where that is padding. One ``index_select`` with
-    ``src`` (then zeros at ``pad_slots``) does all of it; ``inverse`` (the slot of each token)
-    undoes it, the same values moved by one copy instead of three each way.
+    (j w + s + shift) mod W_p)``, a zero where that is padding (or the projection of a zero,
+    when the gathered tokens are projected already: :func:`_project_before_gather`). One
+    ``index_select`` with ``src`` (then the padding value at ``pad_slots``) does all of it;
+    ``inverse`` (the slot of each token) undoes it, the same values moved by one copy instead of
+    three each way.
 
     Returns:
         src (Tensor): (nW * window^2,) token index of each slot (0 for padding slots).
