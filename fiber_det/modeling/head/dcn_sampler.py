@@ -4,8 +4,8 @@ The deformable convolution of the DyHead (:mod:`.deform_conv`) spends most of it
 in ATen's CPU ``grid_sample``, which works one channel at a time and gathers 4 scattered values
 per sampling point. ``fiber_det/csrc/dcn_sample.cpp`` reads a point's 4 corners as 4 contiguous
 channels-last rows and writes the (9 C, points) matmul columns directly, the modulation mask
-applied on the way: 6x faster than grid_sample on a FIBER-B DyHead tile here, 0.92x the whole
-512x512 forward (``tools/benchmark.py``, README *Performance*).
+applied on the way: 6x faster than grid_sample on a FIBER-B DyHead tile here, 0.92-0.96x the
+whole 512x512 forward across runs (``tools/benchmark.py``, README *Performance*).
 
 Exactness is checked, not assumed. ATen's vectorised kernel computes
 ``nw v_nw + ne v_ne + sw v_sw + se v_se``, and whether the compiler that built it contracted the
