@@ -58,11 +58,15 @@ class _GeluThenLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         grad_h = grad_w = grad_b = None
         go = grad_out.reshape(-1, grad_out.shape[-1])
-        if ctx.needs_input_grad[0]:
-            grad_a = go.mm(weight).view(h.shape)
-            grad_h = torch.ops.aten.gelu_backward(grad_a, h)
+        # The weight's gradient first, so that gelu(h) is freed before the (tokens, 4C) gradient
+        # exists, and the GELU's gradient written over the incoming one: at most one (tokens,
+        # 4C) temporary at a time (three before; the peak of a training step is in stage 1's
+        # MLP backward). Same ops on the same values.
         if ctx.needs_input_grad[1]:
             grad_w = go.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+        if ctx.needs_input_grad[0]:
+            grad_h = go.mm(weight).view(h.shape)
+            torch.ops.aten.gelu_backward.grad_input(grad_h, h, grad_input=grad_h)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = go.sum(0)
         return grad_h, grad_w, grad_b
