@@ -8,8 +8,11 @@ import torch
 from torch import nn
 
 from fiber_det.modeling.backbone import swin
-from fiber_det.modeling.backbone.swin import SwinBlock, SwinStage, window_gather_index
+from fiber_det.modeling.backbone.swin import SwinBlock, window_gather_index
 from fiber_det.utils.flops import count_flops
+
+from .test_backbone import _reference_windows
+from .test_swin_recompute import _shift_mask
 
 NEVER, ALWAYS = 10**9, 0  # PROJECT_FIRST_MIN: gather first / project first wherever padded
 
@@ -30,13 +33,8 @@ def _reference_attention(block, x, hw, mask):
     h, w = hw
     b, _, c = x.shape
     ws, shift = block.window_size, block.effective_shift(hw)
-    pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
-    t = nn.functional.pad(block.norm1(x).view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))
-    hp, wp = h + pad_b, w + pad_r
-    if shift:
-        t = torch.roll(t, shifts=(-shift, -shift), dims=(1, 2))
-    windows = t.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    windows = windows.reshape(b, -1, ws * ws, c)
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    windows = _reference_windows(block.norm1(x), h, w, ws, shift).view(b, -1, ws * ws, c)
     out = block.attn.proj(block.attn(block.attn.qkv(windows), mask if shift else None))
     out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     out = out.reshape(b, hp, wp, c)
@@ -45,15 +43,11 @@ def _reference_attention(block, x, hw, mask):
     return out[:, :h, :w].reshape(b, h * w, c)
 
 
-def _mask(block, hw):
-    return SwinStage([block], None).shift_mask(hw, torch.device("cpu"))
-
-
 class _OneBlock(nn.Module):
     def __init__(self, block, hw):
         super().__init__()
         self.block, self.hw = block, hw
-        self.mask = _mask(block, hw)
+        self.mask = _shift_mask(block, *hw)
 
     def forward(self, x):
         return self.block(x, self.hw, self.mask)
@@ -80,7 +74,7 @@ def test_both_orders_give_swins_padded_attention_bit_for_bit(
     monkeypatch.setattr(swin, "PROJECT_FIRST_MIN", order)
     block = _block(shift, dim=dim, qkv_bias=qkv_bias).eval()
     x = torch.randn(batch, hw[0] * hw[1], dim, generator=torch.Generator().manual_seed(1))
-    mask = _mask(block, hw)
+    mask = _shift_mask(block, *hw)
     with torch.no_grad():
         expected = x + _reference_attention(block, x, hw, mask)
         expected = expected + block.mlp(expected, block.norm2)
@@ -106,7 +100,7 @@ def test_both_orders_train_alike_and_recompute_changes_no_bit(monkeypatch, shift
             block = _block(shift, recompute).train()
             xi = x.clone().requires_grad_()
             index = window_gather_index(*hw, 7, block.effective_shift(hw), x.device)
-            out = block(xi, hw, _mask(block, hw), window_index=index)
+            out = block(xi, hw, _shift_mask(block, *hw), window_index=index)
             out.backward(grad)
             grads = {n: p.grad for n, p in block.named_parameters()}
             results[order, recompute] = (out.detach(), xi.grad, grads)
