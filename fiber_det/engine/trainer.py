@@ -231,7 +231,12 @@ class Trainer(TrainerBase):
             )
         else:
             step_runner = AMPTrainer if _use_amp(cfg) else SimpleTrainer
-            self._trainer = step_runner(model, data_loader, optimizer)
+            # The last step's gradients are dropped before the forward pass rather than after it
+            # (detectron2's default), so that they are not held beside the activations: the same
+            # gradients, 0.8 GB less peak memory for FIBER-B at 2 x 512^2 on CPU (issue #14).
+            self._trainer = step_runner(
+                model, data_loader, optimizer, zero_grad_before_forward=True
+            )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         decay = cfg.SOLVER.FIBER.MODEL_EMA
         self.ema = ModelEMA(model, decay) if decay > 0 else None

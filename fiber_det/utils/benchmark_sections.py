@@ -369,7 +369,8 @@ def train_specs(quick: bool, config_file: str):
     """(name, config file, extra options, worker spec additions) of each training configuration.
 
     The first row is the code before the memory work of issue #14 (every activation and the DCN
-    columns kept, the official 256-token padding): the baseline of the others in the same run."""
+    columns kept, the official 256-token padding, the last step's gradients dropped after the
+    forward pass): the baseline of the others in the same run."""
     tiny = "tiny/fiber_tiny.yaml"
     if quick:
         return [
@@ -387,7 +388,7 @@ def train_specs(quick: bool, config_file: str):
             "before: all kept, 256-token prompt",
             config_file,
             gs + keep_swin + keep_columns,
-            {"pad_to": 256},
+            {"pad_to": 256, "zero_grad_first": False},
         ),
         ("default: DCN columns, Swin norms / attention / GELU recomputed", config_file, gs, {}),
         ("default, Swin activations kept", config_file, gs + keep_swin, {}),
@@ -429,10 +430,17 @@ def train_worker(spec: dict) -> dict:
     batch = _train_batch(prompt, spec["size"], device)
     model_rss = rss_mb()
 
+    # The trainer's order (fiber_det.engine.Trainer): the last step's gradients dropped before
+    # the forward pass; detectron2's default, after it, with "zero_grad_first": False.
+    first = spec.get("zero_grad_first", True)
+
     def step():
+        if first:
+            opt.zero_grad()
         with EventStorage():
             loss = sum(model(batch).values())
-        opt.zero_grad()
+        if not first:
+            opt.zero_grad()
         loss.backward()
         opt.step()
 

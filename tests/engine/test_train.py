@@ -163,3 +163,17 @@ def test_auto_termination_stops_the_loop_through_its_hook(train_cfg, shapes_data
     again = Trainer(cfg)
     again.resume_or_load(resume=True)
     assert again.monitor.should_stop and again.train() is None
+
+
+def test_a_step_drops_the_last_gradients_before_its_forward(train_cfg):
+    """The gradients of the previous step are freed before the forward pass (not after it, as
+    detectron2 does by default), so that they are not held beside the activations."""
+    trainer = Trainer(train_cfg("SOLVER.MAX_ITER", 3))
+    held = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: held.append(sum(p.grad is not None for p in m.parameters()))
+    )
+    trainer.train()
+    assert len(held) == 3 and held == [0, 0, 0]
+    # the steps did make gradients (so the check above could see them)
+    assert sum(p.grad is not None for p in trainer.model.parameters()) > 0
