@@ -194,9 +194,37 @@ def _relative_position_index(window: int) -> Tensor:
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
-#: WindowAttention -> ((table, version, storage, index, version, storage), bias) of its last
-#: inference-time relative bias (:meth:`WindowAttention.relative_bias`); weak in the module, so
-#: that copying, pickling or freeing a model is unaffected.
+class _TensorState:
+    """What tells whether a tensor changed between two reads: the same object, version counter and
+    storage (held, so that its address cannot be taken by a new one), and on CPU the same values
+    (which also catches writes through ``.data`` or a collective, which bump no version)."""
+
+    def __init__(self, t: Tensor):
+        self.tensor, self.version = t, t._version
+        self.storage, self.ptr = t.untyped_storage(), t.data_ptr()
+        self.values = t.detach().clone() if t.device.type == "cpu" else None
+
+    def matches(self, t: Tensor) -> bool:
+        if t is not self.tensor or t._version != self.version or t.data_ptr() != self.ptr:
+            return False
+        if self.values is None:
+            return True
+        v = self.values
+        return t.dtype == v.dtype and t.shape == v.shape and torch.equal(t.detach(), v)
+
+
+def _plain(t: Tensor) -> bool:
+    """A tensor whose state :class:`_TensorState` can tell: no subclass (FakeTensor, ...), no
+    functorch wrapper, not an inference tensor (which has no version counter)."""
+    if type(t) not in (Tensor, nn.Parameter) or t.is_inference():
+        return False
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return not (wrapped is not None and wrapped(t))
+
+
+#: WindowAttention -> (state of its table, state of its index, bias) of its last inference-time
+#: relative bias (:meth:`WindowAttention.relative_bias`); weak in the module, so that copying,
+#: pickling or freeing a model is unaffected.
 _RELATIVE_BIAS_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -251,29 +279,32 @@ class WindowAttention(nn.Module):
     def relative_bias(self) -> Tensor:
         """(num_heads, w*w, w*w) relative position bias.
 
-        Where no gradient is recorded (inference), the bias is kept between calls, for as long as
-        the table and the index are the same tensors, unchanged (same version and storage): a
+        Where no gradient is recorded (inference), the bias is kept between calls for as long as
+        the table and the index stay the same tensors, unchanged (:class:`_TensorState`): a
         gather and a transposing copy less per block and forward (7 ms of FIBER-B's 512x512
         forward on CPU), the same values. It holds ``num_heads x w^4`` floats per block (1.3 MB
-        for 16 heads, about 30 MB for FIBER-B)."""
+        for 16 heads, about 30 MB for FIBER-B). The tensor returned is then shared between
+        calls: do not modify it in place. Tracing, ``torch.compile`` and functorch transforms
+        always gather anew. On GPU a change is told by version and storage only (comparing
+        values would wait for the device): a write through ``.data`` or a collective there is
+        not seen until the next ``load_state_dict`` or in-place update."""
         table, index = self.relative_position_bias_table, self.relative_position_index
         if (
             torch.is_grad_enabled()
             or torch.jit.is_tracing()
-            or table.is_inference()  # no version counter to tell a change by
-            or index.is_inference()
+            or torch.compiler.is_compiling()
+            or not (_plain(table) and _plain(index))
         ):
             return self._gather_relative_bias(table, index)
-        key = (table, table._version, table.data_ptr(), index, index._version, index.data_ptr())
         held = _RELATIVE_BIAS_CACHE.get(self)
-        if (
-            held is None
-            or len(held[0]) != len(key)
-            or any(a is not b if isinstance(a, Tensor) else a != b for a, b in zip(held[0], key))
-        ):
-            held = (key, self._gather_relative_bias(table, index))
+        if held is None or not (held[0].matches(table) and held[1].matches(index)):
+            held = (
+                _TensorState(table),
+                _TensorState(index),
+                self._gather_relative_bias(table, index),
+            )
             _RELATIVE_BIAS_CACHE[self] = held
-        return held[1]
+        return held[2]
 
     def _gather_relative_bias(self, table: Tensor, index: Tensor) -> Tensor:
         n = self.window_size**2
