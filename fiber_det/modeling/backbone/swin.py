@@ -197,7 +197,11 @@ def _relative_position_index(window: int) -> Tensor:
 class _TensorState:
     """What tells whether a tensor changed between two reads: the same object, version counter and
     storage (held, so that its address cannot be taken by a new one), and on CPU the same values
-    (which also catches writes through ``.data`` or a collective, which bump no version)."""
+    (which also catches writes through ``.data`` or a collective, which bump no version).
+
+    A stricter twin of :func:`fiber_det.modeling.meta_arch.multi_prompt.weights_version`
+    (address and version only), affordable here because a table is a few kB: holding the old
+    storage, or comparing values, of a whole text encoder would not be."""
 
     def __init__(self, t: Tensor):
         self.tensor, self.version = t, t._version
