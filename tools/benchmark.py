@@ -289,8 +289,8 @@ def main(argv=None) -> int:
         return run_onnx(args)
     if args.coarse is not None:
         return run_coarse(args)
-    # Inference timings reuse freed memory instead of zero-filling fresh pages (no effect on
-    # results); the training rows run in processes of their own, with glibc's defaults.
+    # Timings reuse freed memory instead of zero-filling fresh pages (no effect on results); the
+    # training rows run in processes of their own, which do the same (except the "before" row).
     args.keep_freed_memory = keep_freed_memory()
     device = torch.device(args.device)
     if device.type == "cuda":

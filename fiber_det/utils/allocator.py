@@ -16,6 +16,11 @@ can be called from inside a running process.
 It changes no result, only where memory comes from. The process's resident memory then stays at
 its peak instead of shrinking after it, which is what the inference tools want; peak memory
 stayed within 2% in our measurements (FIBER-B at 512x512 and 800x1216).
+
+``tools/train_net.py`` calls it in every process it launches (forked data-loader workers inherit
+the setting): a FIBER-B training step at 2 x 512^2 on 2 CPU cores then faults no pages once the
+heap has grown (steps 3 to 6: none, against 0.25 to 0.7 million faults per step with glibc's
+defaults) and took 14.8-14.9 s against 15.2-17.9 s, at a peak RSS of 7.5 GB against 7.2-7.5 GB.
 """
 
 import ctypes

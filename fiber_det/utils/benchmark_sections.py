@@ -17,6 +17,7 @@ from detectron2.utils.events import EventStorage
 from ..evaluation.base import ungroup
 from ..modeling.head.dcn_sampler import compiled_sampler, compiled_sampler_status, grid_sample_only
 from ..text import build_detection_prompt, spans_to_positive_map, tokenize_prompts
+from .allocator import keep_freed_memory
 from .benchmark import matmul_probe, max_rss_mb, measure_interleaved, op_table, rss_mb
 from .flops import component_flops, multi_prompt_flop_bound
 from .testing import (
@@ -370,7 +371,8 @@ def train_specs(quick: bool, config_file: str):
 
     The first row is the code before the memory work of issue #14 (every activation and the DCN
     columns kept, the official 256-token padding, the last step's gradients dropped after the
-    forward pass): the baseline of the others in the same run."""
+    forward pass, glibc's malloc defaults): the baseline of the others in the same run. The other
+    rows run as ``tools/train_net.py`` does today."""
     tiny = "tiny/fiber_tiny.yaml"
     if quick:
         return [
@@ -385,10 +387,10 @@ def train_specs(quick: bool, config_file: str):
         checkpoint += [f"MODEL.{key}.USE_CHECKPOINT", True]
     return [
         (
-            "before: all kept, 256-token prompt",
+            "before: all kept, 256-token prompt, glibc malloc defaults",
             config_file,
             gs + keep_swin + keep_columns,
-            {"pad_to": 256, "zero_grad_first": False},
+            {"pad_to": 256, "zero_grad_first": False, "keep_freed_memory": False},
         ),
         ("default: DCN columns, Swin norms / attention / GELU recomputed", config_file, gs, {}),
         ("default, Swin activations kept", config_file, gs + keep_swin, {}),
@@ -410,6 +412,7 @@ def combine_train_runs(runs, size: int):
         row["times_s"] += r["times_s"]
         row["peak_rss_mb"] = max(row["peak_rss_mb"], r["peak_rss_mb"])
         row["model_rss_mb"] = max(row.get("model_rss_mb", 0.0), r["model_rss_mb"])
+        row["keep_freed_memory"] = r.get("keep_freed_memory", False)
         if "peak_device_mb" in r:
             row["peak_device_mb"] = max(row.get("peak_device_mb", 0.0), r["peak_device_mb"])
     for row in rows.values():
@@ -418,7 +421,14 @@ def combine_train_runs(runs, size: int):
 
 
 def train_worker(spec: dict) -> dict:
-    """One training configuration in this (fresh) process: step times and peak RSS."""
+    """One training configuration in this (fresh) process: step times and peak RSS.
+
+    The steps are timed after two untimed ones (the first allocates the optimizer's state, the
+    second still grows the heap), so that the medians are steady-state steps. Like
+    ``tools/train_net.py``, the worker keeps freed memory mapped
+    (:func:`~fiber_det.utils.allocator.keep_freed_memory`) unless the spec says
+    ``"keep_freed_memory": False`` (glibc's defaults, as training ran before issue #14)."""
+    kept = keep_freed_memory() if spec.get("keep_freed_memory", True) else False
     device = torch.device(spec["device"])
     cfg = get_config(spec["config"], spec["opts"])
     cfg.MODEL.DEVICE = spec["device"]
@@ -446,8 +456,9 @@ def train_worker(spec: dict) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timed = measure_interleaved({"step": step}, device, spec["repeats"])["step"]
+    timed = measure_interleaved({"step": step}, device, spec["repeats"], warmup=2)["step"]
     out = {**timed, "model_rss_mb": model_rss, "peak_rss_mb": max_rss_mb()}
+    out["keep_freed_memory"] = kept
     if device.type == "cuda":
         out["peak_device_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

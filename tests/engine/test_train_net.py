@@ -80,8 +80,10 @@ def _load_train_net():
     return module
 
 
-def test_eval_only_evaluates_a_checkpoint(tokenizer_dir, shapes_data, tmp_path):
+def test_eval_only_evaluates_a_checkpoint(tokenizer_dir, shapes_data, tmp_path, monkeypatch):
     train_net = _load_train_net()
+    kept = []  # every run of main keeps freed memory for reuse (fiber_det.utils.allocator)
+    monkeypatch.setattr(train_net, "keep_freed_memory", lambda: kept.append(True) or True)
     opts = _opts(tokenizer_dir, shapes_data, tmp_path / "train")
     opts[opts.index("SOLVER.MAX_ITER") + 1] = "2"
     args = Namespace(
@@ -95,6 +97,7 @@ def test_eval_only_evaluates_a_checkpoint(tokenizer_dir, shapes_data, tmp_path):
         dist_url="auto",
     )
     train_net.main(args)
+    assert kept == [True]
     weights = tmp_path / "train" / "model_final.pth"
     eval_opts = _opts(tokenizer_dir, shapes_data, tmp_path / "eval") + [
         "MODEL.WEIGHTS",

@@ -121,12 +121,18 @@ def test_benchmark_tool_quick(tmp_path, capsys):
     assert readme.read_text() == text
 
 
-def test_train_worker_reports_step_time_and_peak_memory():
+def test_train_worker_reports_step_time_and_peak_memory(monkeypatch):
+    from fiber_det.utils import benchmark_sections
     from fiber_det.utils.benchmark_sections import combine_train_runs, train_worker
 
+    kept = []  # the workers keep freed memory like tools/train_net.py, unless told not to
+    monkeypatch.setattr(benchmark_sections, "keep_freed_memory", lambda: kept.append(1) or True)
     spec = {"config": "tiny/fiber_tiny.yaml", "opts": [], "size": 64, "device": "cpu"}
     r = train_worker({**spec, "repeats": 1})
     assert len(r["times_s"]) == 1 and r["peak_rss_mb"] >= r["model_rss_mb"] > 0
+    assert kept == [1] and r["keep_freed_memory"] is True
+    before = train_worker({**spec, "repeats": 1, "keep_freed_memory": False})
+    assert kept == [1] and before["keep_freed_memory"] is False
     rows = combine_train_runs([("a", r), ("a", {**r, "peak_rss_mb": 1e6})], size=64)
     assert len(rows) == 1 and rows[0]["peak_rss_mb"] == 1e6 and len(rows[0]["times_s"]) == 2
 
